@@ -1,0 +1,1 @@
+"""lmr_jax.models."""
