@@ -1,0 +1,75 @@
+"""Registry of backbones by name, and ``create`` for whole retrieval models.
+
+Backbone modules register a builder with ``@register_backbone(name)``; a builder takes
+``last_stride``, ``dtype`` and ``rngs`` and returns an NNX backbone with ``num_features``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+_BACKBONES: dict[str, Callable[..., nnx.Module]] = {}
+_BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest")
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
+    """Decorator registering a backbone builder under ``name``."""
+
+    def wrap(builder: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _BACKBONES[name] = builder
+        return builder
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create``."""
+    _load_builtin()
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, *, last_stride: int = 1, dtype: Any = jnp.float32,
+                    rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """Builds the backbone ``name`` alone (output: (B, H/16, W/16, C) for last_stride 1)."""
+    _load_builtin()
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BACKBONES))}")
+    return _BACKBONES[name](last_stride=last_stride, dtype=dtype,
+                            rngs=rngs if rngs is not None else nnx.Rngs(0))
+
+
+def create(name: str, *, last_stride: int = 1, embed_dim: int = 512, pooling: str = "gem",
+           gem_p: float = 3.0, learnable_p: bool = False, dtype: Any = jnp.float32,
+           rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """Builds a whole retrieval model: backbone -> pooling -> Linear (no bias) -> BN neck.
+
+    Args:
+      name: a registered backbone (see ``list_models()``).
+      last_stride: stride of the last stage (1: output stride 16, as the reference uses).
+      embed_dim: embedding size (512 in the reference).
+      pooling: ``"gem"`` or ``"avgmax"`` (average + max pooling, summed).
+      gem_p: the GeM exponent; learnable_p makes it a trained parameter.
+      dtype: computation dtype (parameters stay float32).
+      rngs: parameter initialisation RNG.
+    Returns:
+      ``lmr_jax.models.heads.RetrievalModel``: (B, H, W, 3) -> (B, embed_dim) embeddings
+      (not L2-normalised).
+    """
+    from lmr_jax.models import heads
+
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    backbone = create_backbone(name, last_stride=last_stride, dtype=dtype, rngs=rngs)
+    return heads.RetrievalModel(backbone, embed_dim=embed_dim, pooling=pooling, gem_p=gem_p,
+                                learnable_p=learnable_p, dtype=dtype, rngs=rngs)
