@@ -1,0 +1,207 @@
+"""Kaggle CSV input/output for retrieval and recognition.
+
+Retrieval submission: header ``id,images``; one row per query; ``images`` = up to 100 index
+ids separated by spaces. Retrieval solution (GLDv2 ``retrieval_solution_v2.1.csv``): header
+``id,images,Usage`` with Usage Public, Private or Ignored (Ignored rows are non-landmark queries
+with images ``None``). Recognition submission: ``id,landmarks`` with ``"<landmark> <score>"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+USAGES = ("Public", "Private", "Ignored")
+
+
+class SubmissionError(ValueError):
+    """A malformed submission or solution file; the message names file and line."""
+
+
+@dataclasses.dataclass
+class RetrievalSolution:
+    """Ground truth of a retrieval task.
+
+    public / private: query id -> list of ground-truth index ids; ignored: query ids whose
+    predictions are dropped before scoring (non-landmark queries).
+    """
+
+    public: dict[str, list[str]]
+    private: dict[str, list[str]]
+    ignored: set[str]
+
+    @property
+    def all(self) -> dict[str, list[str]]:
+        return {**self.public, **self.private}
+
+
+def _open_csv(path: str | os.PathLike):
+    if not os.path.exists(path):
+        raise SubmissionError(f"{path}: no such file")
+    return open(path, newline="", encoding="utf-8")
+
+
+def read_retrieval_solution(path: str | os.PathLike) -> RetrievalSolution:
+    """Read ``id,images,Usage`` (GLDv2 retrieval solution) into a :class:`RetrievalSolution`."""
+    public: dict[str, list[str]] = {}
+    private: dict[str, list[str]] = {}
+    ignored: set[str] = set()
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["id", "images", "Usage"]:
+            raise SubmissionError(f"{path}:1: expected header 'id,images,Usage', got {header}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 3:
+                raise SubmissionError(f"{path}:{line}: expected 3 columns, got {len(row)}")
+            qid, images, usage = (c.strip() for c in row)
+            if usage == "Ignored":
+                ignored.add(qid)
+                continue
+            if usage not in ("Public", "Private"):
+                raise SubmissionError(f"{path}:{line}: Usage must be one of {USAGES}, got {usage!r}")
+            gt = images.split()
+            if not gt or gt == ["None"]:
+                raise SubmissionError(f"{path}:{line}: {usage} query {qid} has no ground truth")
+            (public if usage == "Public" else private)[qid] = gt
+    if not public and not private:
+        raise SubmissionError(f"{path}: no Public or Private query")
+    return RetrievalSolution(public, private, ignored)
+
+
+def read_retrieval_submission(path: str | os.PathLike, solution: RetrievalSolution | None = None,
+                              max_predictions: int = 100) -> dict[str, list[str]]:
+    """Read a retrieval submission ``id,images``.
+
+    Rows of queries Ignored by ``solution`` are dropped; a query id unknown to ``solution`` is
+    an error; rows with more than ``max_predictions`` ids are cut with a warning; an empty row
+    (no ids) or a repeated query id is an error.
+
+    Returns:
+      query id -> list of predicted index ids (in file order).
+    """
+    known = solution.all if solution is not None else None
+    preds: dict[str, list[str]] = {}
+    cut = 0
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != ["id", "images"]:
+            raise SubmissionError(f"{path}:1: expected header 'id,images', got {header}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise SubmissionError(f"{path}:{line}: expected 2 columns 'id,images', got {len(row)}")
+            qid, images = row[0].strip(), row[1].split()
+            if not qid:
+                raise SubmissionError(f"{path}:{line}: empty query id")
+            if solution is not None and qid in solution.ignored:
+                continue
+            if known is not None and qid not in known:
+                raise SubmissionError(f"{path}:{line}: query id {qid!r} is not in the solution")
+            if not images:
+                raise SubmissionError(f"{path}:{line}: query {qid} has no predicted image")
+            if qid in preds:
+                raise SubmissionError(f"{path}:{line}: query {qid} is listed twice")
+            if len(images) > max_predictions:
+                cut += 1
+                images = images[:max_predictions]
+            preds[qid] = images
+    if cut:
+        log.warning("%s: %d rows had more than %d ids; cut to the first %d", path, cut,
+                    max_predictions, max_predictions)
+    return preds
+
+
+def write_retrieval_submission(path: str | os.PathLike, query_ids: Sequence[str],
+                               index_ids: Sequence[str] | np.ndarray, topk: np.ndarray,
+                               max_predictions: int = 100) -> None:
+    """Write ``id,images`` with the ranked index ids of every query.
+
+    Args:
+      query_ids: (Q,) ids, one row each, in this order.
+      index_ids: (N,) index ids.
+      topk: (Q, K) int indices into ``index_ids`` in ranked order; negative entries (no result)
+        are skipped; only the first ``max_predictions`` are written.
+    """
+    index_ids = np.asarray(index_ids)
+    topk = np.asarray(topk)
+    if topk.ndim != 2 or topk.shape[0] != len(query_ids):
+        raise ValueError(f"topk must be (num_queries={len(query_ids)}, K), got {topk.shape}")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "images"])
+        for qid, row in zip(query_ids, topk, strict=True):
+            row = row[row >= 0][:max_predictions]
+            w.writerow([qid, " ".join(index_ids[row].tolist())])
+    os.replace(tmp, path)
+
+
+def write_recognition_submission(path: str | os.PathLike,
+                                 predictions: Iterable[tuple[str, int | None, float]]) -> None:
+    """Write ``id,landmarks`` rows ``"<landmark> <confidence>"`` (empty when no landmark)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "landmarks"])
+        for qid, label, conf in predictions:
+            w.writerow([qid, "" if label is None else f"{int(label)} {float(conf):.6f}"])
+    os.replace(tmp, path)
+
+
+def read_recognition_submission(path: str | os.PathLike) -> dict[str, tuple[int, float]]:
+    """Read ``id,landmarks``; rows with an empty prediction are left out."""
+    out: dict[str, tuple[int, float]] = {}
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != ["id", "landmarks"]:
+            raise SubmissionError(f"{path}:1: expected header 'id,landmarks', got {header}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise SubmissionError(f"{path}:{line}: expected 2 columns, got {len(row)}")
+            parts = row[1].split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise SubmissionError(f"{path}:{line}: expected '<landmark> <score>', got {row[1]!r}")
+            try:
+                out[row[0].strip()] = (int(parts[0]), float(parts[1]))
+            except ValueError as e:
+                raise SubmissionError(f"{path}:{line}: {e}") from None
+    return out
+
+
+def score_retrieval_submission(submission: str | os.PathLike, solution: str | os.PathLike,
+                               max_predictions: int = 100) -> dict[str, float]:
+    """Score a submission file against a solution file: metrics for all, Public and Private.
+
+    Returns a flat dict with ``map@100`` (all scored queries), ``map@100_public``,
+    ``map@100_private``, precisions, positions and query counts.
+    """
+    from lmr_jax.retrieval import metrics
+
+    sol = read_retrieval_solution(solution)
+    preds = read_retrieval_submission(submission, sol, max_predictions)
+    out: dict[str, float] = {}
+    out.update(metrics.retrieval_metrics(preds, sol.all, max_predictions))
+    if sol.public:
+        out.update(metrics.retrieval_metrics(preds, sol.public, max_predictions, prefix="_public"))
+    if sol.private:
+        out.update(metrics.retrieval_metrics(preds, sol.private, max_predictions, prefix="_private"))
+    out["num_predicted_queries"] = len(preds)
+    out["num_ignored_queries"] = len(sol.ignored)
+    return out

@@ -1,0 +1,45 @@
+"""Offline retrieval evaluation.
+
+Two modes:
+  python scripts/eval.py --submission S.csv --solution retrieval_solution_v2.1.csv
+      scores a ready Kaggle submission; the last line printed is one JSON object with
+      "map@100" (all scored queries), "map@100_public" and "map@100_private".
+  python scripts/eval.py --config configs/eval/gldv2_val.py [--config.workdir=...]
+      features -> fused similarity -> re-ranking -> submission.csv -> metrics -> report + picture
+      (see lmr_jax.retrieval.evaluate).
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.")
+_SUBMISSION = flags.DEFINE_string("submission", None, "Kaggle retrieval submission (id,images).")
+_SOLUTION = flags.DEFINE_string("solution", None, "Retrieval solution (id,images,Usage).")
+
+
+def main(argv):
+    del argv
+    if _SUBMISSION.value or _SOLUTION.value:
+        if not (_SUBMISSION.value and _SOLUTION.value):
+            sys.exit("--submission and --solution go together")
+        from lmr_jax.retrieval.submission import SubmissionError, score_retrieval_submission
+
+        try:
+            result = score_retrieval_submission(_SUBMISSION.value, _SOLUTION.value)
+        except SubmissionError as e:
+            sys.exit(f"error: {e}")
+    elif _CONFIG.value is not None:
+        from lmr_jax.retrieval.evaluate import run_evaluation
+
+        result = run_evaluation(_CONFIG.value)
+    else:
+        sys.exit("give --config, or --submission with --solution")
+    logging.info("done")
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)
