@@ -1,0 +1,152 @@
+"""Re-ranking against slow, obviously-correct transcriptions of SPEC.md section 7 / Zhong et al."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lmr_jax.retrieval import kreciprocal, rerank
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def slow_jaccard(feats, k1=10, k2=3):
+    """Zhong et al.'s k-reciprocal Jaccard distance on a small set, plain loops, float64.
+
+    Returns the (n, n) matrix of dist = 1 - (cos+1)/2 and the (n, n) Jaccard distances.
+    """
+    f = np.asarray(feats, np.float64)
+    n = len(f)
+    dist = 1.0 - (f @ f.T + 1.0) / 2.0
+    rank = [sorted(range(n), key=lambda j, i=i: (dist[i][j], j)) for i in range(n)]
+
+    def reciprocal(i, k):
+        return [j for j in rank[i][:k + 1] if i in rank[j][:k + 1]]
+
+    half = int(round(k1 / 2))  # Python rounds half to even, like numpy
+    v = np.zeros((n, n))
+    for i in range(n):
+        r = reciprocal(i, k1)
+        expanded = set(r)
+        for c in r:
+            h = reciprocal(c, half)
+            if len(set(h) & set(r)) > 2.0 / 3.0 * len(h):
+                expanded |= set(h)
+        total = sum(math.exp(-dist[i][e]) for e in expanded)
+        for e in expanded:
+            v[i][e] = math.exp(-dist[i][e]) / total
+    vqe = np.zeros((n, n))
+    for i in range(n):
+        nbrs = rank[i][:k2]
+        for c in range(n):
+            vqe[i][c] = sum(v[j][c] for j in nbrs) / len(nbrs)
+    jac = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            m = sum(min(vqe[i][c], vqe[j][c]) for c in range(n))
+            jac[i][j] = 1.0 - m / (2.0 - m)
+    return dist, jac
+
+
+def slow_landmark_country(q, x, refs, lms, cts, k=3, alpha=1.0, beta=0.1, kr=True, topk=30):
+    """SPEC.md section 7, one query at a time, dictionaries and loops."""
+    refs64 = refs.astype(np.float64)
+    out = np.zeros((len(q), len(x)))
+    index_lm, index_ct = [], []
+    for feat in x.astype(np.float64):
+        best = int(np.argmax(refs64 @ feat))
+        index_lm.append(lms[best])
+        index_ct.append(cts[best])
+    for qi, feat in enumerate(q.astype(np.float64)):
+        cos = refs64 @ feat
+        order = sorted(range(len(refs)), key=lambda r: (-cos[r], r))
+        if kr:
+            t_set = order[:topk]
+            u = set(t_set)
+            for t in t_set:
+                ct = refs64 @ refs64[t]
+                u |= set(sorted(range(len(refs)), key=lambda r, ct=ct: (-ct[r], r))[:topk])
+            u = sorted(u)
+            _, jac = slow_jaccard(np.concatenate([feat[None], refs64[u]]))
+            refined = {}
+            for r in range(len(refs)):
+                d = 1.0 - (cos[r] + 1.0) / 2.0
+                j = jac[0][1 + u.index(r)] if r in u else 1.0
+                refined[r] = 1.0 - (0.5 * d + 0.5 * j)
+            top = sorted(refined, key=lambda r: (-refined[r], r))[:k]
+            scores = [refined[r] for r in top]
+        else:
+            top = order[:k]
+            scores = [cos[r] for r in top]
+        lm_score, ct_score = {}, {}
+        for r, s in zip(top, scores, strict=True):
+            lm_score[lms[r]] = lm_score.get(lms[r], 0.0) + s
+            ct_score[cts[r]] = ct_score.get(cts[r], 0.0) + s
+        lm_total, ct_total = sum(lm_score.values()), sum(ct_score.values())
+        for i, xf in enumerate(x.astype(np.float64)):
+            out[qi, i] = (feat @ xf + alpha * lm_score.get(index_lm[i], 0.0) / lm_total
+                          + beta * ct_score.get(index_ct[i], 0.0) / ct_total)
+    return out
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(3)
+    d = 12
+    refs = _unit(rng, 90, d)
+    q = _unit(rng, 5, d)
+    x = _unit(rng, 30, d)
+    lms = rng.integers(0, 4, size=90)  # few landmarks: ties and mixed neighbourhoods
+    cts = rng.choice(np.array(["FR", "DE", ""]), size=90)
+    return q, x, refs, lms, cts
+
+
+def test_local_jaccard_matches_slow(case):
+    q, _, refs, _, _ = case
+    s = np.concatenate([q[:1], refs[:40]])
+    dist_ref, jac_ref = slow_jaccard(s)
+    # Batch of two sets, the second padded: padding must not change anything.
+    x = np.zeros((2, 48, s.shape[1]), np.float32)
+    x[0, :41] = s
+    x[1, :41] = s
+    valid = np.zeros((2, 48), bool)
+    valid[:, :41] = True
+    dist, jac = kreciprocal.local_query_jaccard(x, valid)
+    np.testing.assert_allclose(dist[0, :41], dist_ref[0], atol=1e-6)
+    np.testing.assert_allclose(jac[0, :41], jac_ref[0], atol=1e-5)
+    np.testing.assert_allclose(jac[1, :41], jac_ref[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kr", [True, False])
+def test_landmark_country_rerank_matches_slow(case, kr):
+    q, x, refs, lms, cts = case
+    fast = rerank.landmark_country_rerank(q, x, refs, lms, cts, k=3, alpha=1.0, beta=0.1,
+                                          query_kreciprocal=kr)
+    slow = slow_landmark_country(q, x, refs, lms, cts, kr=kr)
+    assert fast.dtype == np.float32 and fast.shape == (5, 30)
+    np.testing.assert_allclose(fast, slow, atol=2e-5)
+    np.testing.assert_array_equal(np.argsort(-fast, 1, kind="stable"),
+                                  np.argsort(-slow, 1, kind="stable"))
+    # The bonus is active: some index images moved.
+    assert np.abs(fast - q @ x.T).max() > 0.1
+
+
+def test_topk_variant_and_chunking(case):
+    q, x, refs, lms, cts = case
+    full = rerank.landmark_country_rerank(q, x, refs, lms, cts)
+    s, i = rerank.landmark_country_rerank_topk(q, x, refs, lms, cts, topk=10, query_chunk=2,
+                                               chunk_size=17)
+    np.testing.assert_array_equal(i, np.argsort(-full, 1, kind="stable")[:, :10])
+    np.testing.assert_allclose(s, np.take_along_axis(full, i, 1), atol=1e-6)
+
+
+def test_full_kreciprocal_matches_slow():
+    rng = np.random.default_rng(5)
+    q, x = _unit(rng, 4, 8), _unit(rng, 36, 8)
+    fast = kreciprocal.kreciprocal_rerank(q, x, k1=6, k2=3, lambda_value=0.3, query_chunk=3)
+    dist, jac = slow_jaccard(np.concatenate([q, x]), k1=6, k2=3)
+    slow = 1.0 - (0.7 * jac[:4, 4:] + 0.3 * dist[:4, 4:])
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
