@@ -205,3 +205,27 @@ def score_retrieval_submission(submission: str | os.PathLike, solution: str | os
     out["num_predicted_queries"] = len(preds)
     out["num_ignored_queries"] = len(sol.ignored)
     return out
+
+
+def read_recognition_solution(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Read ``id,landmarks,Usage`` (landmarks space-separated; empty or None = non-landmark).
+
+    Ignored rows are left out; the returned dict maps query id -> ground-truth landmark ids.
+    """
+    out: dict[str, list[int]] = {}
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["id", "landmarks"]:
+            raise SubmissionError(f"{path}:1: expected header 'id,landmarks[,Usage]', got {header}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) > 2 and row[2].strip() == "Ignored":
+                continue
+            parts = [p for p in row[1].split() if p != "None"]
+            try:
+                out[row[0].strip()] = [int(p) for p in parts]
+            except ValueError as e:
+                raise SubmissionError(f"{path}:{line}: {e}") from None
+    return out

@@ -1,0 +1,209 @@
+"""Embedding extraction: jitted, batched, data-parallel over local devices, resumable.
+
+The list rows are cut into shards of ``shard_size`` images; process p of P takes the shards
+s with s % P == p and embeds them with its local devices (the batch is split over a 1-D
+``data`` mesh of ``jax.local_devices()``, the model replicated). Each finished shard is written
+atomically (:mod:`features`), so a killed run resumes at the first missing shard, and a run
+whose ``meta.json`` says done is not redone.
+
+Images: decoded and resized straight to ``size x size`` and normalised as in training
+(``lmr_jax.data.augment.EvalPreprocess``). An image that cannot be read or decoded gets no
+feature: it is listed in ``failed.txt`` with the reason (never a zero vector).
+
+Views: each of ``scales`` (bilinear resize of the normalised batch, no antialiasing, like
+``torch.nn.functional.interpolate``) and, with ``flip``, its horizontal mirror is embedded;
+each view's embedding is L2-normalised, the views are averaged, and the mean is
+L2-normalised again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from lmr_jax.data.augment import EvalPreprocess, default_eval_preprocess_config
+from lmr_jax.retrieval import features
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ExtractOptions:
+    """size: input side; scales / flip: test-time views; dtype: compute dtype of the images
+    (the model's own dtype is fixed when it is built); out_dtype: stored feature dtype;
+    batch_size: images per step on this process (a multiple of the local device count);
+    shard_size: images per resumable shard; read_threads: decoding threads."""
+
+    size: int = 384
+    scales: Sequence[float] = (1.0,)
+    flip: bool = False
+    dtype: str = "float32"
+    out_dtype: str = "float16"
+    batch_size: int = 32
+    shard_size: int = 4096
+    read_threads: int = 4
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"] = [float(s) for s in self.scales]
+        for k in ("batch_size", "shard_size", "read_threads"):
+            d.pop(k)  # do not change the result: a resumed run may change them
+        return d
+
+
+def make_embed_fn(model: nnx.Module, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  devices: Sequence[jax.Device] | None = None
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """A function (B, S, S, 3) images -> (B, D) float32 L2-normalised embeddings.
+
+    Jitted once per input shape; the batch is sharded over ``devices`` (default: the local
+    devices) and B must be a multiple of their count.
+    """
+    model.eval()
+    graphdef, state = nnx.split(model)
+    devices = list(devices) if devices is not None else jax.local_devices()
+    mesh = Mesh(np.asarray(devices), ("data",))
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.device_put(state, replicated)
+    scales = tuple(float(s) for s in scales)
+
+    def normalize(e):
+        e = e.astype(jnp.float32)
+        return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+    @jax.jit
+    def embed(state, x):
+        m = nnx.merge(graphdef, state)
+        total = 0.0
+        b, h, w, c = x.shape
+        for s in scales:
+            xs = x if s == 1.0 else jax.image.resize(
+                x, (b, int(round(h * s)), int(round(w * s)), c), "bilinear", antialias=False)
+            total = total + normalize(m(xs))
+            if flip:
+                total = total + normalize(m(xs[:, :, ::-1, :]))
+        return normalize(total)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if images.shape[0] % len(devices):
+            raise ValueError(f"batch of {images.shape[0]} does not split over {len(devices)} devices")
+        x = jax.device_put(images, data_sharding)
+        return np.asarray(embed(state, x))
+
+    return run
+
+
+class _SafePreprocess:
+    """row -> preprocessed record; unreadable images give mask False and the reason."""
+
+    def __init__(self, source: Any, config: Any):
+        self.source = source
+        self.pre = EvalPreprocess(config)
+        self.size = int(config.size)
+        self.dtype = self.pre.dtype
+
+    def __call__(self, row: int) -> dict:
+        row = int(row)
+        if row < 0:
+            return {"image": np.zeros((self.size, self.size, 3), self.dtype), "row": row,
+                    "ok": False, "error": ""}
+        try:
+            record = self.source[row]
+            out = self.pre(record)
+            return {"image": out["image"], "row": row, "ok": True, "error": ""}
+        except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
+            return {"image": np.zeros((self.size, self.size, 3), self.dtype), "row": row,
+                    "ok": False, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
+
+
+def _batches(source: Any, rows: np.ndarray, batch_size: int, config: Any, threads: int):
+    padded = np.concatenate([rows, np.full(-len(rows) % batch_size, -1, np.int64)])
+    ds = grain.MapDataset.source(padded).map(_SafePreprocess(source, config))
+    ds = ds.batch(batch_size, batch_fn=lambda items: items)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2))
+    for items in it:
+        yield (np.stack([r["image"] for r in items]), np.array([r["row"] for r in items]),
+               np.array([r["ok"] for r in items]), [r["error"] for r in items])
+
+
+def extract(model: nnx.Module, source: Any, ids: np.ndarray, out_dir: str, *,
+            options: ExtractOptions | None = None, rows: np.ndarray | None = None,
+            run_config: dict[str, Any] | None = None, process_index: int | None = None,
+            process_count: int | None = None, devices: Sequence[jax.Device] | None = None,
+            on_shard: Callable[[int], None] | None = None, progress: bool = True
+            ) -> dict[str, Any] | None:
+    """Embed ``source`` rows (default all) into ``out_dir`` (see :mod:`features`).
+
+    Args:
+      model: retrieval model ((B, S, S, 3) -> (B, D)).
+      source: random-access image source (records ``{"image": bytes, "index": row}``).
+      ids: (len(source),) image ids, written to ids.txt / failed.txt.
+      run_config: what else identifies the run (checkpoint path, arch...), stored in
+        config.json; a resumed run must match it and ``options.identity()``.
+      process_index, process_count: this host's share of the shards (default JAX's).
+      on_shard: called with the shard number after each shard is written.
+    Returns:
+      meta of the finished folder, or None on a process other than 0 of several.
+    """
+    options = options or ExtractOptions()
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    ids = np.asarray(ids, dtype=str)
+    rows = np.arange(len(source), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    if features.is_done(out_dir):
+        log.info("%s is finished already: nothing to do", out_dir)
+        return features.load_features(out_dir).meta
+    config = {"options": options.identity(), "num_rows": int(len(rows)),
+              "shard_size": int(options.shard_size), **(run_config or {})}
+    features.prepare(out_dir, config)
+    num_shards = max(1, -(-len(rows) // options.shard_size))
+    mine = [s for s in range(num_shards) if s % pc == pi and not features.shard_done(out_dir, s)]
+    pre_cfg = default_eval_preprocess_config(options.size)
+    pre_cfg.dtype = options.dtype
+    embed = make_embed_fn(model, scales=options.scales, flip=options.flip, devices=devices)
+    dim = None
+    bar = tqdm(total=sum(len(rows[s * options.shard_size:(s + 1) * options.shard_size])
+                         for s in mine), unit="img", disable=not progress, desc="extract")
+    for s in mine:
+        shard_rows = rows[s * options.shard_size:(s + 1) * options.shard_size]
+        feats, kept, bad, reasons = [], [], [], []
+        for images, batch_rows, ok, errors in _batches(source, shard_rows, options.batch_size,
+                                                       pre_cfg, options.read_threads):
+            emb = embed(images)
+            dim = emb.shape[1]
+            feats.append(emb[ok])
+            kept.append(batch_rows[ok])
+            for r, good, err in zip(batch_rows, ok, errors, strict=True):
+                if r >= 0 and not good:
+                    bad.append(int(r))
+                    reasons.append(err)
+                    log.warning("image %s (row %d) gets no feature: %s", ids[r], r, err)
+            bar.update(int((batch_rows >= 0).sum()))
+        out_feats = np.concatenate(feats).astype(options.out_dtype)
+        features.write_shard(out_dir, s, np.concatenate(kept), out_feats, np.asarray(bad, np.int64),
+                             reasons)
+        if on_shard is not None:
+            on_shard(s)
+    bar.close()
+    if pc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lmr_jax.extract.shards_written")
+    if pi != 0:
+        return None
+    if dim is None:
+        with np.load(features.shard_path(out_dir, 0)) as z:
+            dim = z["feats"].shape[1]
+    return features.finalize(out_dir, num_shards, ids, dim,
+                             options.out_dtype, {"config": config})
