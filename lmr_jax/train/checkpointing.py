@@ -1,0 +1,98 @@
+"""Training checkpoints with orbax: asynchronous, keep the last K, resumable mid-stage.
+
+A checkpoint of step s (iterations completed in the stage) is a directory ``<dir>/<s>/`` with
+three items:
+
+* ``state``: the :class:`~lmr_jax.train.state.TrainState` (parameters, batch statistics and
+  frozen variables, optimiser state, step, skipped-step count, loss scale), ``StandardSave``;
+* ``meta``: JSON (stage, step, epoch, seed, config hash, ...);
+* ``data``: the input iterator's state (grain's checkpoint handler: one JSON file per process).
+
+Saves are asynchronous: ``save`` returns once the arrays are copied off the devices; orbax
+writes into a temporary directory and renames it when complete, so a process killed during a
+save leaves the previous checkpoint intact (the incomplete one is ignored and cleaned up).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from lmr_jax.train.state import TrainState
+
+
+def abstract_like(tree: Any) -> Any:
+    """``ShapeDtypeStruct`` (with sharding) of every array leaf: a restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+class Checkpointer:
+    """Saves and restores (TrainState, meta, data iterator) under one directory.
+
+    Args:
+      directory: where the step directories go (created).
+      max_to_keep: number of most recent checkpoints kept.
+      async_save: write in a background thread.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
+                 async_save: bool = True):
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The last complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: TrainState, meta: dict[str, Any],
+             data_iterator: Any | None = None) -> None:
+        """Starts saving checkpoint ``step`` (returns before the files are written)."""
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, step: int, target: TrainState,
+                data_iterator: Any | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """Restores checkpoint ``step``.
+
+        Args:
+          step: a step from :meth:`latest_step` / :meth:`all_steps`.
+          target: a TrainState (or its :func:`abstract_like`) giving structure, dtypes and
+            shardings.
+          data_iterator: restored in place when given.
+
+        Returns:
+          (state, meta).
+        """
+        items = {"state": ocp.args.StandardRestore(abstract_like(target)),
+                 "meta": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise ValueError(f"{self.directory}/{step}: cannot restore this checkpoint ({e}). "
+                             "It was written by a different configuration or is damaged; "
+                             "use another workdir or delete the checkpoint.") from e
+        return out["state"], dict(out["meta"])
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are written."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,138 @@
+"""Building blocks of the training configurations in ``configs/*.py``.
+
+A training config is an ``ml_collections.ConfigDict``; every field can be overridden on the
+command line (``--config.stage1.base_lr=0.01``, ``--config.stages=3,4``). Its fields:
+
+* ``stages``: which stages to run, e.g. ``"1,2,3,4"`` or ``"3,4"``; stage k is ``stage<k>``.
+* ``stage<k>``: one training stage (:func:`stage`).
+* ``model``: backbone name and head settings (``lmr_jax.models.create`` arguments).
+* ``init_checkpoint``: model checkpoint the first stage starts from (an ImageNet backbone
+  converted with ``scripts/convert_weights.py``); empty = random initialisation.
+* ``loss``: classification loss (:func:`lmr_jax.train.losses.make_loss`) and classifier
+  sub-centres; the scale and margin are per stage.
+* ``optim``: SGD momentum, bias group and schedule factors (:mod:`lmr_jax.train.optim`).
+* ``precision``: ``auto`` (float32 on CPU, bfloat16 on GPU/TPU), ``float32``, ``bfloat16`` or
+  ``float16`` (dynamic loss scaling, ``loss_scale``).
+* ``bn_mode``: ``sync`` (BatchNorm statistics over the global batch) or ``per_device``.
+* ``data``: prepared data folder (``dir`` with ``lists/<list>.npz`` and ``store/``), the
+  input pipeline settings (``train``, see ``lmr_jax.data.pipeline.default_train_config``).
+* ``checkpoint``, ``log``, ``eval``: checkpoint period and retention, logging period,
+  optional periodic retrieval evaluation (mAP@100 on a ``ValidationSet``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lmr_jax.data import pipeline
+
+
+def stage(name: str, image_list: str, *, image_size: int, epochs: float, base_lr: float,
+          batch_size: int, warmup_epochs: float, weight_decay: float,
+          weight_decay_bias: float | None = None, sampler: str = "softmax",
+          logit_scale: float = 30.0, margin: float = 0.3,
+          init_from: str = "") -> ml_collections.ConfigDict:
+    """One training stage.
+
+    Args:
+      name: a short name (``clean``, ``c2x``, ``full``, ``all``).
+      image_list: list name (``<data.dir>/lists/<name>.npz``) or a path ending in ``.npz``.
+      image_size: training resolution (square, px).
+      epochs: epochs (the cosine period T).
+      base_lr: base learning rate (biases get ``optim.bias_lr_factor`` times it).
+      batch_size: global batch over all devices and processes.
+      warmup_epochs: linear warmup length (0: none).
+      weight_decay: coupled L2 decay of the weights; ``weight_decay_bias`` of the biases
+        (default: the same).
+      sampler: ``softmax`` (shuffle), ``pk`` or ``continent`` (continent-aware).
+      logit_scale, margin: s and m of the ArcFace / CosFace loss.
+      init_from: model checkpoint to start from instead of the previous stage's export.
+    """
+    return ml_collections.ConfigDict({
+        "name": name,
+        "list": image_list,
+        "image_size": image_size,
+        "epochs": epochs,
+        "base_lr": base_lr,
+        "batch_size": batch_size,
+        "warmup_epochs": warmup_epochs,
+        "weight_decay": weight_decay,
+        "weight_decay_bias": weight_decay if weight_decay_bias is None else weight_decay_bias,
+        "sampler": sampler,
+        "logit_scale": logit_scale,
+        "margin": margin,
+        "init_from": init_from,
+    })
+
+
+def base_config(model_name: str) -> ml_collections.ConfigDict:
+    """Defaults shared by every training config (reference values where they exist)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stages = "1"
+    c.init_checkpoint = ""
+    c.precision = "auto"
+    c.bn_mode = "sync"
+    c.model = ml_collections.ConfigDict({
+        "name": model_name, "last_stride": 1, "embed_dim": 512, "pooling": "gem",
+        "gem_p": 3.0, "learnable_p": False,
+    })
+    c.loss = ml_collections.ConfigDict({
+        "name": "arcface",           # arcface | cosface | subcenter_arcface | softmax
+        "num_subcenters": 1,         # classifier sub-centres (3 for sub-center ArcFace)
+        "dynamic_margin_min": 0.05,  # subcenter_arcface: margin of the most frequent class
+        "dynamic_margin_range": 0.45,
+        "label_smoothing": 0.0,
+    })
+    c.loss_scale = ml_collections.ConfigDict({"init": 2.0**16, "growth_interval": 2000})
+    c.optim = ml_collections.ConfigDict({
+        "momentum": 0.9,
+        "bias_lr_factor": 2.0,       # reference BIAS_LR_FACTOR (GLDv2_base.yml)
+        "warmup_factor": 0.01,       # warmup starts at 0.01 * base_lr
+        "min_lr_factor": 0.002,      # cosine floor 0.002 * base_lr
+        "frozen": (),                # substrings of parameter paths never updated
+    })
+    c.data = ml_collections.ConfigDict({
+        "dir": "data/gldv2_prepared",
+        "images": "",                # store or image folder; default <dir>/store
+        "exclude_rows": "",          # optional .npy of list rows never sampled; {list} = name
+        "train": pipeline.default_train_config(),
+    })
+    c.data.train.num_workers = 8
+    c.data.train.read_threads = 4
+    c.checkpoint = ml_collections.ConfigDict({
+        "every_steps": 1000, "max_to_keep": 3, "async_save": True,
+    })
+    c.log = ml_collections.ConfigDict({"every_steps": 50, "tensorboard": True})
+    c.eval = ml_collections.ConfigDict({
+        "every_epochs": 0,           # 0: no periodic evaluation
+        "at_start": False,           # also evaluate the initial model of the first stage
+        "validation": "",            # ValidationSet .npz; default <data.dir>/validation.npz
+        "images": "",                # store holding its images; default the training store
+        "image_size": 0,             # 0: the stage's training size
+        "batch_size": 32,            # per process
+    })
+    return c
+
+
+def reference_four_stages(c: ml_collections.ConfigDict, *, size_low: int, batch_low: tuple[int, int],
+                          batch_high: int, epochs_high: float, high_wd: float = 1e-5,
+                          high_scale: float = 30.0, high_margin: float = 0.3,
+                          num_gpus: int = 8) -> None:
+    """Adds the reference's four stages (clean -> c2x -> full -> all) to ``c``.
+
+    The reference's ``IMS_PER_BATCH`` is the batch of each of its 8 DDP processes (one
+    ``DataLoader(batch_size=IMS_PER_BATCH)`` per GPU), so the global batch here is
+    ``num_gpus * IMS_PER_BATCH``; ``batch_low`` are the per-GPU batches of stages 1 and 2,
+    ``batch_high`` that of stages 3 and 4.
+    """
+    c.stages = "1,2,3,4"
+    c.stage1 = stage("clean", "clean", image_size=size_low, epochs=10, base_lr=0.08,
+                     batch_size=num_gpus * batch_low[0], warmup_epochs=1, weight_decay=5e-4)
+    c.stage2 = stage("c2x", "c2x", image_size=size_low, epochs=6, base_lr=0.008,
+                     batch_size=num_gpus * batch_low[1], warmup_epochs=0, weight_decay=5e-4)
+    high = dict(image_size=512, epochs=epochs_high, base_lr=0.0008,
+                batch_size=num_gpus * batch_high, warmup_epochs=0, weight_decay=high_wd,
+                logit_scale=high_scale, margin=high_margin)
+    c.stage3 = stage("full", "full", **high)
+    c.stage4 = stage("all", "all", sampler="continent", **high)

@@ -1,0 +1,473 @@
+"""Staged training (SPEC.md section 3): each stage starts from the previous stage's weights.
+
+``train(config, workdir)`` runs the stages named by ``config.stages`` (e.g. ``"1,2,3,4"``) in
+order. Stage k is ``config.stage<k>``; its outputs live in ``<workdir>/stage<k>/``:
+
+* ``checkpoints/<step>/``: orbax training checkpoints (every ``checkpoint.every_steps``
+  iterations, at every epoch end and at the stage end; the last ``checkpoint.max_to_keep``
+  are kept), from which a re-run of the same command resumes mid-stage;
+* ``export/``: the stage's final model and classifier
+  (:func:`lmr_jax.models.checkpoint.save_model`), written when the stage is complete. A stage
+  whose export exists is skipped on a re-run.
+
+Stage 1 starts from ``config.init_checkpoint`` (an ImageNet backbone converted with
+``scripts/convert_weights.py``; empty = random initialisation); stage k > 1 from
+``<workdir>/stage<k-1>/export`` unless ``stage<k>.init_from`` names another model checkpoint.
+When the new stage has more classes than the checkpoint's classifier, the first rows are kept
+and the others initialised (81,313 -> 203,094 on GLDv2).
+
+Written in the workdir as well: ``config.json`` (the resolved configuration), ``metrics.jsonl``
+and ``tensorboard/`` (see :mod:`lmr_jax.train.logging`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lmr_jax import models
+from lmr_jax.data import pipeline, store
+from lmr_jax.data.lists import ImageList, ValidationSet
+from lmr_jax.models import checkpoint as model_checkpoint
+from lmr_jax.models import heads
+from lmr_jax.train import distributed, evaluation, losses, optim, precision
+from lmr_jax.train.checkpointing import Checkpointer
+from lmr_jax.train.logging import MetricsLogger
+from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
+from lmr_jax.train.step import make_embed_fn, make_train_step
+
+MAX_STAGES = 9
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class StageSummary:
+    """What one stage did (returned by :func:`train`, also written to metrics.jsonl)."""
+
+    stage: int
+    name: str
+    steps: int
+    steps_per_epoch: int
+    num_classes: int
+    first_loss: float | None
+    last_loss: float | None
+    skipped_steps: int
+    export: str
+    resumed_from: int | None
+    seconds: float
+    eval: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def parse_stages(config: ml_collections.ConfigDict) -> list[int]:
+    """The stage numbers to run, from ``config.stages`` ("1,2,3,4", "3,4", "2" or an int)."""
+    spec = config.stages
+    items = [spec] if isinstance(spec, int) else [s for s in str(spec).replace(" ", "").split(",")
+                                                  if s]
+    try:
+        stages = sorted({int(s) for s in items})
+    except ValueError as e:
+        raise ValueError(f"config.stages={spec!r}: expected stage numbers like '1,2,3,4'") from e
+    if not stages:
+        raise ValueError(f"config.stages={spec!r} selects no stage")
+    for k in stages:
+        if f"stage{k}" not in config:
+            known = [s for s in range(1, MAX_STAGES + 1) if f"stage{s}" in config]
+            raise ValueError(f"config.stages={spec!r}: there is no config.stage{k} "
+                             f"(this config defines stages {known})")
+    return stages
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    """A short hash of the resolved configuration."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_dir(workdir: str, k: int) -> str:
+    return os.path.join(workdir, f"stage{k}")
+
+
+def export_dir(workdir: str, k: int) -> str:
+    return os.path.join(stage_dir(workdir, k), "export")
+
+
+def list_path(config: ml_collections.ConfigDict, name: str) -> str:
+    """An image list path: ``name`` itself if it ends with ``.npz``, else
+    ``<data.dir>/lists/<name>.npz``."""
+    if name.endswith(".npz"):
+        return name
+    return os.path.join(config.data.dir, "lists", f"{name}.npz")
+
+
+def image_root(config: ml_collections.ConfigDict) -> str:
+    """The prepared store (or image folder) holding the images: ``data.images`` or
+    ``<data.dir>/store``."""
+    return config.data.images or os.path.join(config.data.dir, "store")
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    m = config.model
+    return {"last_stride": m.last_stride, "embed_dim": m.embed_dim, "pooling": m.pooling,
+            "gem_p": m.gem_p, "learnable_p": m.learnable_p}
+
+
+def pipeline_config(config: ml_collections.ConfigDict, sc: ml_collections.ConfigDict,
+                    k: int, dtype: str) -> ml_collections.ConfigDict:
+    """The data pipeline settings of stage k: ``config.data.train`` with the stage's batch,
+    sampler, image size and a per-stage seed."""
+    pcfg = ml_collections.ConfigDict(config.data.train.to_dict())
+    pcfg.global_batch_size = sc.batch_size
+    pcfg.seed = config.seed * 1000 + k
+    pcfg.sampler.name = sc.sampler
+    pcfg.augment.size = sc.image_size
+    pcfg.augment.dtype = dtype
+    return pcfg
+
+
+def _load_init(path: str, config: ml_collections.ConfigDict, compute_dtype: Any):
+    """(model, classifier or None, meta) of a model checkpoint, checked against the config."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: model checkpoint not found")
+    model, classifier, meta = model_checkpoint.load_model(path, dtype=compute_dtype,
+                                                          arch=config.model.name)
+    want = model_kwargs(config)
+    diff = {k: (v, want[k]) for k, v in meta["model_kwargs"].items()
+            if k in want and v != want[k]}
+    if diff:
+        raise ValueError(f"{path}: model settings differ from config.model "
+                         f"(checkpoint, config): {diff}")
+    return model, classifier, meta
+
+
+def build_module(config: ml_collections.ConfigDict, k: int, num_classes: int,
+                 compute_dtype: Any, workdir: str) -> tuple[TrainModule, str]:
+    """The stage-k model + classifier, initialised from the stage's starting checkpoint.
+
+    Returns:
+      (module in train mode, description of the initialisation).
+    """
+    sc = config[f"stage{k}"]
+    if sc.init_from:
+        src = sc.init_from
+    elif k == min(s for s in range(1, MAX_STAGES + 1) if f"stage{s}" in config):
+        src = config.init_checkpoint
+    else:
+        prev = max(s for s in range(1, k) if f"stage{s}" in config)
+        src = export_dir(workdir, prev)
+        if not os.path.isdir(src):
+            raise FileNotFoundError(
+                f"stage {k} starts from stage {prev}'s final model {src}, which does not exist: "
+                f"run stage {prev} first (--config.stages={prev},{k}) or set "
+                f"--config.stage{k}.init_from=<model checkpoint>")
+    seed = config.seed * 1000 + k
+    cls_cfg = dict(num_subcenters=config.loss.num_subcenters, dtype=jnp.float32)
+    if src:
+        model, old_cls, _ = _load_init(src, config, compute_dtype)
+        how = f"from {src}"
+    else:
+        model = models.create(config.model.name, dtype=compute_dtype, rngs=nnx.Rngs(seed),
+                              **model_kwargs(config))
+        old_cls, how = None, "from random initialisation"
+    classifier = heads.CosineClassifier(config.model.embed_dim, num_classes,
+                                        rngs=nnx.Rngs(seed + 1), **cls_cfg)
+    if old_cls is not None:
+        if old_cls.num_subcenters != config.loss.num_subcenters:
+            raise ValueError(f"{src}: classifier has {old_cls.num_subcenters} sub-centres, "
+                             f"config.loss.num_subcenters is {config.loss.num_subcenters}")
+        if old_cls.num_classes > num_classes:
+            raise ValueError(f"{src}: classifier has {old_cls.num_classes} classes, more than "
+                             f"the {num_classes} of stage {k}'s list")
+        classifier.weight[...] = jnp.asarray(grow_rows(np.asarray(old_cls.weight[...]),
+                                                       np.asarray(classifier.weight[...])))
+        how += (f" (classifier {old_cls.num_classes} -> {num_classes} classes)"
+                if old_cls.num_classes < num_classes else "")
+    module = TrainModule(model, classifier)
+    module.train()
+    return module, how
+
+
+def _host(tree: Any) -> Any:
+    """Local numpy copies of replicated global arrays (works across processes)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+
+class _StageRun:
+    """The training loop of one stage (kept in an object to share the many settings)."""
+
+    def __init__(self, config, workdir, k, mesh, logger):
+        self.config, self.workdir, self.k, self.mesh, self.logger = config, workdir, k, mesh, logger
+        self.sc = config[f"stage{k}"]
+        self.process_index, self.process_count = distributed.process_info()
+
+    def run(self) -> StageSummary:
+        config, sc, k = self.config, self.sc, self.k
+        t0 = time.time()
+        compute_dtype = precision.resolve_dtype(config.precision)
+        lpath = list_path(config, sc.list)
+        if not os.path.isfile(lpath):
+            raise FileNotFoundError(f"stage {k} ({sc.name}): image list {lpath} not found "
+                                    "(prepare the data, or set config.data.dir / "
+                                    f"config.stage{k}.list)")
+        image_list = ImageList.load(lpath)
+        source = store.open_source(image_list, image_root(config))
+        exclude = None
+        if config.data.exclude_rows:
+            exclude = np.load(config.data.exclude_rows.format(list=image_list.name))
+        data_dtype = "bfloat16" if compute_dtype == jnp.bfloat16 else "float32"
+        pcfg = pipeline_config(config, sc, k, data_dtype)
+        it = pipeline.make_train_iterator(source, image_list, pcfg, exclude_rows=exclude,
+                                          device_count=self.mesh.devices.size)
+        try:
+            return self._train(image_list, it, compute_dtype, t0)
+        finally:
+            it.close()
+
+    def _train(self, image_list, it, compute_dtype, t0) -> StageSummary:
+        config, sc, k = self.config, self.sc, self.k
+        spe = it.steps_per_epoch
+        total = int(round(sc.epochs * spe))
+        num_classes = image_list.num_classes
+        module, how = build_module(config, k, num_classes, compute_dtype, self.workdir)
+        self.logger.message(f"stage {k} ({sc.name}): {len(image_list)} images, {num_classes} "
+                            f"classes, {spe} steps/epoch x {sc.epochs} epochs = {total} steps "
+                            f"of {sc.batch_size} images at {sc.image_size}px; model {how}")
+
+        tx = optim.make_optimizer(
+            steps_per_epoch=spe, base_lr=sc.base_lr, epochs=sc.epochs,
+            warmup_epochs=sc.warmup_epochs, weight_decay=sc.weight_decay,
+            weight_decay_bias=sc.weight_decay_bias, bias_lr_factor=config.optim.bias_lr_factor,
+            momentum=config.optim.momentum, warmup_factor=config.optim.warmup_factor,
+            min_factor=config.optim.min_lr_factor, frozen=tuple(config.optim.frozen))
+        margins = None
+        if config.loss.name == "subcenter_arcface":
+            labels = image_list.labels[image_list.labels >= 0]
+            margins = losses.dynamic_margins(np.bincount(labels, minlength=num_classes),
+                                             margin_min=config.loss.dynamic_margin_min,
+                                             margin_range=config.loss.dynamic_margin_range)
+        loss_fn = losses.make_loss(config.loss.name, scale=sc.logit_scale, margin=sc.margin,
+                                   label_smoothing=config.loss.label_smoothing,
+                                   class_margins=margins)
+        loss_scale = (precision.LossScale.create(config.loss_scale.init,
+                                                 growth_interval=config.loss_scale.growth_interval)
+                      if compute_dtype == jnp.float16 else None)
+        graphdef, state = create_train_state(module, tx, loss_scale=loss_scale)
+        del module
+        state = distributed.replicate(state, self.mesh)
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        step_fn = make_train_step(graphdef, loss_fn, tx, self.mesh, state_sharding=shardings,
+                                  compute_dtype=compute_dtype, bn_mode=config.bn_mode)
+
+        ckpt = Checkpointer(os.path.join(stage_dir(self.workdir, k), "checkpoints"),
+                            max_to_keep=config.checkpoint.max_to_keep,
+                            async_save=config.checkpoint.async_save)
+        try:
+            resumed = ckpt.latest_step()
+            if resumed is not None:
+                state, meta = ckpt.restore(resumed, state, it)
+                if meta.get("config_hash") != config_hash(config):
+                    self.logger.message(f"warning: resuming stage {k} from a checkpoint written "
+                                        "with a different configuration")
+                self.logger.message(f"stage {k}: resumed at step {resumed} of {total}")
+            first, last, evals = self._loop(state, step_fn, it, ckpt, spe, total,
+                                            resumed or 0, graphdef, compute_dtype)
+            state = self._final_state
+            ckpt.wait()
+        finally:
+            ckpt.close()
+        export = export_dir(self.workdir, k)
+        self._export(graphdef, state, export, num_classes)
+        skipped = int(_host(state.skipped))
+        return StageSummary(stage=k, name=sc.name, steps=total, steps_per_epoch=spe,
+                            num_classes=num_classes, first_loss=first, last_loss=last,
+                            skipped_steps=skipped, export=export, resumed_from=resumed,
+                            seconds=time.time() - t0, eval=evals)
+
+    def _meta(self, step: int, spe: int) -> dict[str, Any]:
+        return {"stage": self.k, "stage_name": self.sc.name, "step": step, "epoch": step / spe,
+                "seed": self.config.seed, "config_hash": config_hash(self.config),
+                "process_count": self.process_count}
+
+    def _loop(self, state, step_fn, it, ckpt, spe, total, start, graphdef, compute_dtype):
+        config, sc, k = self.config, self.sc, self.k
+        every = config.checkpoint.every_steps
+        log_every = max(1, config.log.every_steps)
+        lr_table = optim.cosine_lr(np.arange(total + 1) / spe, base_lr=sc.base_lr,
+                                   lr_max=sc.base_lr, epochs=sc.epochs,
+                                   warmup_epochs=sc.warmup_epochs,
+                                   warmup_factor=config.optim.warmup_factor,
+                                   min_factor=config.optim.min_lr_factor)
+        self.logger.start_stage(f"stage {k} {sc.name}", total_images=total * sc.batch_size,
+                                done_images=start * sc.batch_size)
+        window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t": time.perf_counter()}
+        first_last = [None, None]
+        evals: dict[str, float] = {}
+        if config.eval.every_epochs and config.eval.at_start and start == 0 and k == min(
+                parse_stages(config)):
+            evals.update(self._evaluate(graphdef, state, compute_dtype, start, spe, "untrained"))
+
+        fp16 = state.loss_scale is not None
+
+        def handle(step: int, metrics: dict) -> None:
+            m = jax.device_get(metrics)
+            if not bool(m["finite"]) and not fp16:
+                raise TrainingDiverged(
+                    f"stage {k} ({sc.name}): loss or gradients are not finite at step {step} "
+                    f"(epoch {step / spe:.3f}, loss {float(m['loss'])}); the update was not "
+                    f"applied and nothing after step {ckpt.latest_step()} was saved. The last "
+                    f"checkpoint in {ckpt.directory} is usable: lower the learning rate or use "
+                    "another precision, then re-run to resume from it.")
+            loss = float(m["loss"])
+            if first_last[0] is None:
+                first_last[0] = loss
+            first_last[1] = loss
+            window["loss"] += loss
+            window["accuracy"] += float(m["accuracy"])
+            window["n"] += 1
+            done = step + 1
+            if step == start:  # the first step includes compilation: not timed
+                self.logger.message(f"stage {k}: first step (with compilation) took "
+                                    f"{time.perf_counter() - window['t']:.1f} s")
+                self.logger.advance(sc.batch_size)
+                window.update(loss=0.0, accuracy=0.0, n=0, t=time.perf_counter())
+                return
+            if done % log_every == 0 or done == total:
+                dt = time.perf_counter() - window["t"]
+                n = window["n"]
+                values = {"loss": window["loss"] / n, "accuracy": window["accuracy"] / n,
+                          "lr": float(lr_table[step]), "images_per_s": n * sc.batch_size / dt,
+                          "step_time_s": dt / n, "loss_scale": float(m["loss_scale"]),
+                          "skipped_steps": int(m["skipped"])}
+                self.logger.scalars(self._global_step(done), values,
+                                    {"stage": k, "step": done, "epoch": done / spe})
+                self.logger.advance(n * sc.batch_size, {
+                    "loss": f"{values['loss']:.3f}", "acc": f"{values['accuracy']:.3f}",
+                    "lr": f"{values['lr']:.2e}", "img/s": f"{values['images_per_s']:.1f}"})
+                window.update(loss=0.0, accuracy=0.0, n=0, t=time.perf_counter())
+
+        pending = None
+        for step in range(start, total):
+            batch = next(it)
+            gb = distributed.global_batch({"image": batch["image"], "label": batch["label"]},
+                                          self.mesh)
+            state, metrics = step_fn(state, gb)
+            if pending is not None:
+                handle(*pending)
+            pending = (step, metrics)
+            done = step + 1
+            epoch_end = done % spe == 0
+            if (every and done % every == 0) or epoch_end or done == total:
+                handle(*pending)
+                pending = None
+                ckpt.save(done, state, self._meta(done, spe), it)
+            if epoch_end and config.eval.every_epochs and (done // spe) % config.eval.every_epochs == 0:
+                evals.update(self._evaluate(graphdef, state, compute_dtype, done, spe,
+                                            f"epoch {done // spe}"))
+        if pending is not None:
+            handle(*pending)
+        self.logger.close_bar()
+        self._final_state = state
+        return first_last[0], first_last[1], evals
+
+    def _global_step(self, step: int) -> int:
+        """A step number increasing over stages, for TensorBoard: stage * 10^7 + step."""
+        return self.k * 10_000_000 + step
+
+    def _evaluate(self, graphdef, state, compute_dtype, step, spe, when) -> dict[str, float]:
+        config = self.config
+        vpath = config.eval.validation or os.path.join(config.data.dir, "validation.npz")
+        if not os.path.isfile(vpath):
+            raise FileNotFoundError(f"config.eval.every_epochs is set but the validation set "
+                                    f"{vpath} does not exist (set config.eval.validation)")
+        validation = ValidationSet.load(vpath)
+        ecfg = pipeline.default_eval_config(config.eval.image_size or self.sc.image_size)
+        ecfg.batch_size = config.eval.batch_size
+        ecfg.num_workers = config.data.train.num_workers
+        ecfg.read_threads = config.data.train.read_threads
+        embed = make_embed_fn(graphdef, self.mesh, compute_dtype)
+        t = time.time()
+        result = evaluation.retrieval_map(embed, state.params, state.rest, validation,
+                                          config.eval.images or image_root(config), ecfg,
+                                          self.mesh)
+        values = {f"val/{name}": float(v) for name, v in result.items()}
+        self.logger.scalars(self._global_step(step), values,
+                            {"stage": self.k, "step": step, "epoch": step / spe, "eval": when})
+        self.logger.message(f"stage {self.k} {when}: validation mAP@100 "
+                            f"{result['map@100']:.4f} ({time.time() - t:.1f} s)")
+        prefix = "untrained_" if when == "untrained" else ""
+        return {f"{prefix}map@100": float(result["map@100"])}
+
+    def _export(self, graphdef, state, path: str, num_classes: int) -> None:
+        module = nnx.merge(graphdef, state.params, state.rest)
+        module.eval()
+        meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
+                "image_size": self.sc.image_size, "config_hash": config_hash(self.config)}
+        model_checkpoint.save_model(path, module.model, module.classifier,
+                                    arch=self.config.model.name,
+                                    model_kwargs=model_kwargs(self.config), metadata=meta,
+                                    overwrite=True)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes the resolved configuration to ``<workdir>/config.json`` (process 0)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          mesh: jax.sharding.Mesh | None = None) -> list[StageSummary]:
+    """Runs (or resumes) the stages selected by ``config.stages``; see the module docstring.
+
+    Args:
+      config: a configuration from ``configs/*.py`` (``get_config()``), overrides applied.
+      workdir: output directory (created).
+      mesh: data mesh (default: every device of every process).
+
+    Returns:
+      One :class:`StageSummary` per stage run now (skipped, already exported stages excluded).
+    """
+    stages = parse_stages(config)
+    mesh = mesh or distributed.make_mesh()
+    for k in stages:
+        distributed.local_batch_size(config[f"stage{k}"].batch_size, mesh)
+    workdir = os.path.abspath(workdir)
+    save_config(config, workdir)
+    logger = MetricsLogger(workdir, enabled=jax.process_index() == 0,
+                           tensorboard=config.log.tensorboard)
+    summaries = []
+    try:
+        logger.message(f"training on {mesh.devices.size} {jax.default_backend()} device(s) in "
+                       f"{jax.process_count()} process(es); workdir {workdir}")
+        for k in stages:
+            export = export_dir(workdir, k)
+            if os.path.isdir(export):
+                logger.message(f"stage {k} ({config[f'stage{k}'].name}) is complete ({export}); "
+                               "skipping it")
+                continue
+            summary = _StageRun(config, workdir, k, mesh, logger).run()
+            logger.scalars(k * 10_000_000 + summary.steps, {},
+                           {"stage_summary": dataclasses.asdict(summary)})
+            logger.message(f"stage {k} ({summary.name}) done in {summary.seconds:.0f} s: loss "
+                           f"{summary.first_loss} -> {summary.last_loss}; model {summary.export}")
+            summaries.append(summary)
+    finally:
+        logger.close()
+    return summaries
