@@ -141,3 +141,30 @@ def failed_images(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(id, reason) of every image of a finished run that got no feature."""
     text = (Path(path) / "failed.txt").read_text()
     return [tuple(line.split("\t", 1)) for line in text.splitlines() if line]
+
+
+def positions_of(wanted: np.ndarray, ids: np.ndarray, what: str = "ids") -> np.ndarray:
+    """Positions in ``ids`` of every id of ``wanted`` (vectorised; an absent id is an error)."""
+    ids = np.asarray(ids, dtype=str)
+    wanted = np.asarray(wanted, dtype=str)
+    order = np.argsort(ids, kind="stable")
+    srt = ids[order]
+    pos = np.minimum(np.searchsorted(srt, wanted), max(len(ids) - 1, 0))
+    found = srt[pos] == wanted if len(ids) else np.zeros(len(wanted), bool)
+    if not np.all(found):
+        missing = wanted[~found]
+        raise FeatureStoreError(f"{len(missing)} {what} not found, e.g. {missing[:5].tolist()}")
+    return order[pos] if len(ids) else np.zeros(0, np.int64)
+
+
+def save_features(out_dir: str | os.PathLike, ids: np.ndarray, feats: np.ndarray,
+                  dtype: str = "float16", meta: dict[str, Any] | None = None) -> FeatureSet:
+    """Write arrays as a finished feature folder (one shard); returns it loaded."""
+    ids = np.asarray(ids, dtype=str)
+    if len(ids) != len(feats):
+        raise ValueError(f"{len(ids)} ids for {len(feats)} feature rows")
+    prepare(out_dir, {"saved": True, **(meta or {})})
+    write_shard(out_dir, 0, np.arange(len(ids)), np.asarray(feats).astype(dtype),
+                np.zeros(0, np.int64), [])
+    finalize(out_dir, 1, ids, int(np.asarray(feats).shape[1]), dtype, meta)
+    return load_features(out_dir)

@@ -1,0 +1,50 @@
+"""GLDv2 validation (1,129 GLR2021 test queries x the expanded index, SPEC.md section 1).
+
+  python scripts/eval.py --config configs/eval/gldv2_val.py \
+      --config.models[0].checkpoint=runs/r50/final --config.images=data/gldv2_prepared
+
+Each model needs either feature folders (``query_features``, ``index_features``,
+``ref_features`` from scripts/extract.py) or a ``checkpoint`` to extract them on the fly
+(``images`` must then point at a prepared store or the GLDv2 image root). The reference set for
+the Landmark-Country re-ranking is the labelled part of ``reference.list`` (the ``full`` train
+list: the ``all`` list holds the validation queries themselves, which are removed if present).
+"""
+
+import ml_collections
+
+
+def model(name: str, weight: float = 1.0, size: int = 512, checkpoint: str = ""
+          ) -> ml_collections.ConfigDict:
+    """One model of the ensemble and where its features come from."""
+    return ml_collections.ConfigDict({
+        "name": name,
+        "weight": weight,
+        "checkpoint": checkpoint,
+        "query_features": "",
+        "index_features": "",
+        "ref_features": "",
+        # on-the-fly extraction settings
+        "size": size,
+        "scales": (1.0,),
+        "flip": False,
+        "dtype": "bfloat16",
+        "batch_size": 32,
+    })
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.workdir = "runs/eval/gldv2_val"
+    c.validation = "data/gldv2_prepared/validation.npz"
+    c.solution = ""  # optional Kaggle retrieval_solution_v2.1.csv instead of the validation GT
+    c.images = ""  # prepared store or GLDv2 image root (on-the-fly extraction, picture)
+    c.models = [model("R50", size=256)]
+    c.reference = ml_collections.ConfigDict({"list": "data/gldv2_prepared/lists/full.npz"})
+    c.rerank = ("off", "landmark_country")  # also "kreciprocal"
+    c.submission_rerank = "landmark_country"
+    c.landmark_country = ml_collections.ConfigDict(
+        {"k": 3, "alpha": 1.0, "beta": 0.1, "query_kreciprocal": True})
+    c.kreciprocal = ml_collections.ConfigDict({"k1": 10, "k2": 3, "lambda_value": 0.3})
+    c.top_k = 100
+    c.picture = ml_collections.ConfigDict({"num_queries": 8, "num_results": 8})
+    return c
