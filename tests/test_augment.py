@@ -45,6 +45,17 @@ def _torch_reference(data: bytes, size: int, pad: int, params: A.AugmentParams) 
     return t.permute(1, 2, 0).numpy()
 
 
+def test_normalization_lut_equals_float32_arithmetic():
+    image = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3) % 256
+    image = image.astype(np.uint8)
+    x = image.astype(np.float32) / np.float32(255)
+    x = (x - np.float32(A.IMAGENET_MEAN)) / np.float32(A.REFERENCE_STD)
+    lut = A.normalization_lut(A.IMAGENET_MEAN, A.REFERENCE_STD)
+    np.testing.assert_array_equal(A.normalize(image, lut), x)
+    lut16 = A.normalization_lut(A.IMAGENET_MEAN, A.REFERENCE_STD, ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(A.normalize(image, lut16), x.astype(ml_dtypes.bfloat16))
+
+
 def test_default_pad_reproduces_reference_values():
     assert [A.default_pad(s) for s in (256, 384, 512, 448)] == [10, 15, 20, 18]
 
@@ -53,13 +64,17 @@ def test_flip_pad_crop_equals_explicit_pad_then_crop():
     rng = np.random.default_rng(1)
     image = rng.integers(1, 256, (7, 9, 3), dtype=np.uint8)
     pad = 3
+    lut = A.normalization_lut(A.IMAGENET_MEAN, A.REFERENCE_STD)
     for flip in (False, True):
         src = image[:, ::-1] if flip else image
         padded = np.pad(src, ((pad, pad), (pad, pad), (0, 0)))
         for top in range(2 * pad + 1):
             for left in range(2 * pad + 1):
+                expected = padded[top:top + 7, left:left + 9]
                 got = A.flip_pad_crop(image, flip=flip, pad=pad, top=top, left=left)
-                np.testing.assert_array_equal(got, padded[top:top + 7, left:left + 9])
+                np.testing.assert_array_equal(got, expected)
+                fused = A.flip_pad_crop(image, flip=flip, pad=pad, top=top, left=left, lut=lut)
+                np.testing.assert_array_equal(fused, A.normalize(expected, lut))
     with pytest.raises(ValueError, match="outside"):
         A.flip_pad_crop(image, flip=False, pad=pad, top=2 * pad + 1, left=0)
 

@@ -14,9 +14,10 @@ this order:
 6. random erasing with torchvision's algorithm (``RandomErasing(p, scale, ratio, value)``) *after*
    normalisation, so erased pixels hold ``erase_value`` (0) in normalised space.
 
-Steps 3-4 run on uint8 pixels as one shifted copy; the random decisions of one image are drawn
-by :func:`sample_augment_params` from a ``np.random.Generator`` (grain's ``random_map`` rng) in a
-fixed order: flip, crop offsets, erasing.
+Steps 3-5 run as one shifted copy through a per-channel lookup table (bitwise equal to the
+float32 arithmetic of step 5, written directly in the output dtype). The random decisions of one
+image are drawn by :meth:`TrainAugment.sample_params` from a ``np.random.Generator`` (grain's
+``random_map`` rng) in a fixed order: flip, crop offsets, erasing.
 
 JPEG draft mode (``jpeg_draft``): PIL can decode a JPEG directly at 1/2, 1/4 or 1/8 scale
 (``Image.draft``), choosing the smallest scale that keeps both sides >= ``size``. It only changes
@@ -134,17 +135,39 @@ def resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def flip_pad_crop(image: np.ndarray, *, flip: bool, pad: int, top: int, left: int) -> np.ndarray:
+def normalization_lut(mean, std, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """(3, 256) table: pixel value v of channel c -> ``(v / 255 - mean[c]) / std[c]``.
+
+    Computed with the float32 operations of torchvision's ToTensor + Normalize (so a lookup is
+    bitwise equal to normalising), then cast to ``dtype``.
+    """
+    x = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.astype(dtype).T)
+
+
+def normalize(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) normalised values of ``lut``'s dtype (one lookup per pixel)."""
+    out = np.empty(image.shape, lut.dtype)
+    for c in range(3):
+        np.take(lut[c], image[..., c], out=out[..., c])
+    return out
+
+
+def flip_pad_crop(image: np.ndarray, *, flip: bool, pad: int, top: int, left: int,
+                  lut: np.ndarray | None = None) -> np.ndarray:
     """Optional horizontal flip, zero pad by ``pad`` px, crop back to the input size at (top, left).
 
     Args:
-      image: (H, W, C) array.
+      image: (H, W, C) uint8 array.
       flip: mirror left-right first.
       pad: zero padding on all four sides (px).
       top, left: crop offsets into the padded (H + 2 pad, W + 2 pad) image, in [0, 2 pad].
+      lut: optional (3, 256) :func:`normalization_lut`; when given, the output is normalised
+        in the same pass (padding becomes ``lut[:, 0]``, the normalised zero).
 
     Returns:
-      (H, W, C) array of the same dtype.
+      (H, W, C) array: uint8 without ``lut``, ``lut.dtype`` with it.
     """
     h, w = image.shape[:2]
     if not (0 <= top <= 2 * pad and 0 <= left <= 2 * pad):
@@ -152,20 +175,18 @@ def flip_pad_crop(image: np.ndarray, *, flip: bool, pad: int, top: int, left: in
     if flip:
         image = image[:, ::-1]
     dy, dx = top - pad, left - pad
-    out = np.zeros(image.shape, image.dtype)
     y0, y1 = max(0, -dy), min(h, h - dy)
     x0, x1 = max(0, -dx), min(w, w - dx)
-    out[y0:y1, x0:x1] = image[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+    src = image[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+    if lut is None:
+        out = np.zeros(image.shape, image.dtype)
+        out[y0:y1, x0:x1] = src
+        return out
+    out = np.empty(image.shape, lut.dtype)
+    out[...] = lut[:, 0]
+    for c in range(image.shape[2]):
+        np.take(lut[c], src[..., c], out=out[y0:y1, x0:x1, c])
     return out
-
-
-def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-    """(H, W, 3) uint8 -> float32 ``(x / 255 - mean) / std``, computed like torchvision."""
-    x = image.astype(np.float32)
-    x /= np.float32(255)
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    return x
 
 
 def sample_erase_box(rng: np.random.Generator, height: int, width: int, *,
@@ -220,6 +241,7 @@ class TrainAugment:
         self.erase_attempts = int(config.erase_attempts)
         self.jpeg_draft = bool(config.jpeg_draft)
         self.dtype = _dtype(config.dtype)
+        self.lut = normalization_lut(self.mean, self.std, self.dtype)
         if self.size <= 0 or self.pad < 0:
             raise ValueError(f"augment: size must be > 0 and pad >= 0, got {self.size}, {self.pad}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -237,12 +259,12 @@ class TrainAugment:
 
     def apply(self, image: np.ndarray, params: AugmentParams) -> np.ndarray:
         """Deterministic part: (size, size, 3) uint8 resized image -> augmented output array."""
-        x = flip_pad_crop(image, flip=params.flip, pad=self.pad, top=params.top, left=params.left)
-        x = normalize(x, self.mean, self.std)
+        x = flip_pad_crop(image, flip=params.flip, pad=self.pad, top=params.top, left=params.left,
+                          lut=self.lut)
         if params.erase is not None:
             top, left, h, w = params.erase
             x[top:top + h, left:left + w] = self.erase_value
-        return x.astype(self.dtype, copy=False)
+        return x
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         row = int(record["index"])
@@ -267,6 +289,7 @@ class EvalPreprocess:
         self.std = tuple(float(s) for s in config.std)
         self.jpeg_draft = bool(config.jpeg_draft)
         self.dtype = _dtype(config.dtype)
+        self.lut = normalization_lut(self.mean, self.std, self.dtype)
 
     def __call__(self, record: dict) -> dict:
         row = int(record["index"])
@@ -275,6 +298,5 @@ class EvalPreprocess:
             return {"image": image, "index": np.int32(row), "mask": np.bool_(False)}
         image = decode_image(record["image"], draft_size=self.size if self.jpeg_draft else None,
                              row=row)
-        x = normalize(resize(image, self.size), self.mean, self.std)
-        return {"image": x.astype(self.dtype, copy=False), "index": np.int32(row),
+        return {"image": normalize(resize(image, self.size), self.lut), "index": np.int32(row),
                 "mask": np.bool_(True)}
