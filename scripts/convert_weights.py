@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if converted.classifier is not None:
         print(f"  classifier: {converted.classifier.num_classes} classes")
     if args.check_input:
-        out = run_check(converted.model, np.load(args.check_input), args.full_model)
+        try:
+            out = run_check(converted.model, np.load(args.check_input), args.full_model)
+        except (OSError, ValueError) as e:
+            print(f"error: the check on {args.check_input} failed (the checkpoint was "
+                  f"written): {e}", file=sys.stderr)
+            return 1
         np.save(args.check_output, out)
         print(f"  check output {out.shape} -> {args.check_output}")
     return 0
