@@ -23,8 +23,8 @@ JPEG draft mode (``jpeg_draft``): PIL can decode a JPEG directly at 1/2, 1/4 or 
 (``Image.draft``), choosing the smallest scale that keeps both sides >= ``size``. It only changes
 anything when the source is at least twice the target on both sides (for 800x600 sources it does
 nothing at 384 and 512). Measured on synthetic 1024x768 and 1600x1200 JPEGs it made decode +
-resize 1.7-1.8x faster and changed the resized pixels by 0.5-1.3 grey levels on average (max 32 of
-255) against a full decode; see docs/benchmarks.md. It is on by default for training (where the
+resize 1.6-1.9x faster where it applied and changed the resized pixels by 0.5-1.3 grey levels on
+average (max 41 of 255) against a full decode; see docs/benchmarks.md. It is on by default for training (where the
 augmentation noise is far larger) and off by default for evaluation (reference pixels).
 """
 
