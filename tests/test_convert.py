@@ -211,6 +211,11 @@ def test_resnet50_accepts_torchvision_and_reference_names(inputs):
     with torch.no_grad():
         want = common.nchw_to_nhwc(ref(common.nhwc_to_nchw(np.ascontiguousarray(x))))
     _assert_close(np.asarray(converted.model.base(x)), want)
+    # The same file into torchvision's own layout: no renaming.
+    tv = convert_state_dict("resnet50_torchvision", tv_state)
+    assert tv.info["renamed_keys"] == {}
+    np.testing.assert_array_equal(np.asarray(tv.model.base.layer2[0].downsample[0].kernel[...]),
+                                  tv_state["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
     # The reference code's own names load unchanged.
     again = convert_state_dict("resnet50", common.numpy_state(ref))
     assert again.info["renamed_keys"] == {}

@@ -167,7 +167,7 @@ def _mismatch_context(arch: str, state_dict: Mapping[str, Any], full_model: bool
                 "with the reference code, convert it with full_model=True (--full-model)")
     if full_model and not has_base:
         return (what + "; it has no 'base.' keys: it looks like a backbone checkpoint, "
-                "convert it without full_model (--full-model)")
+                "convert it without --full-model (full_model=False)")
     guess = guess_arch(state_dict, BACKBONE_PREFIX if full_model else "")
     if guess is not None and arch not in guess[0]:
         names, hits, total = guess
@@ -215,13 +215,13 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], *,
             raise ValueError(f"embed_dim={kwargs['embed_dim']} but the checkpoint's "
                              f"fcneck.weight has {np.shape(neck)[0]} rows")
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    backbone_keys = backbone_key_shapes(arch, kwargs.get("last_stride", 1))
-    if any(_matches_any(f"{BACKBONE_PREFIX if full_model else ''}{k}", allow_missing)
-           for k in backbone_keys):
-        model = registry.create(arch, rngs=rngs, **kwargs)
+    prefix = BACKBONE_PREFIX if full_model else ""
+    if allow_missing and any(
+            _matches_any(prefix + k, allow_missing)
+            for k in backbone_key_shapes(arch, kwargs.get("last_stride", 1))):
+        model = registry.create(arch, rngs=rngs, **kwargs)  # missing entries keep their init
     else:
         model = _create_with_placeholder_backbone(arch, kwargs, rngs)
-    prefix = BACKBONE_PREFIX if full_model else ""
     target = model if full_model else model.base
     model_keys = set(torch_key_map(target))
     renames: dict[str, str] = {}
