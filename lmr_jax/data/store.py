@@ -246,8 +246,8 @@ def _write_shard(task: tuple[str, int, list[str], str, StoreOptions]) -> dict[st
         with contextlib.redirect_stdout(io.StringIO()):  # tfds prints a banner per dataset
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=root))
-    except ValueError:
-        if len(builder.bad) != len(keys):  # tfds refuses only an empty split; anything else is real
+    except Exception:
+        if len(builder.bad) != len(keys):  # tfds refuses an empty split; anything else is real
             raise
         shutil.rmtree(_shard_dir(store, shard), ignore_errors=True)
     bad_keys = {b[0] for b in builder.bad}
