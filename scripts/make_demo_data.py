@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="mean train images per landmark")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-corrupt", action="store_true", help="write no corrupt files")
-    p.add_argument("--workers", type=int, default=1, help="rendering processes")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="rendering processes")
     return p.parse_args(argv)
 
 

@@ -432,12 +432,12 @@ def render_view(scene: Image.Image, rng: np.random.Generator, out_size: tuple[in
     s = scene.size[0]
     comp = Image.alpha_composite(_sky(rng, s), scene).convert("RGB")
     ow, oh = out_size
-    scale = rng.uniform(0.22, 0.45) if hard else rng.uniform(0.5, 1.0)
+    scale = rng.uniform(0.22, 0.45) if hard else math.exp(rng.uniform(math.log(0.38), 0))
     win_w = s * scale
     win_h = min(s, win_w * oh / ow)
     win_w = win_h * ow / oh
-    cx = s / 2 + rng.uniform(-0.2, 0.2) * (s - win_w * 0.5)
-    cy = s * 0.55 + rng.uniform(-0.15, 0.15) * s
+    cx = s / 2 + rng.uniform(-0.3, 0.3) * (s - win_w * 0.4)
+    cy = s * 0.55 + rng.uniform(-0.2, 0.2) * (s - win_h * 0.4)
     jit = (0.2 if hard else 0.12) * win_w
     rot = math.radians(rng.uniform(-6, 6))
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * [win_w / 2, win_h / 2]
@@ -455,7 +455,7 @@ def render_view(scene: Image.Image, rng: np.random.Generator, out_size: tuple[in
 def render_distractor(rng: np.random.Generator, out_size: tuple[int, int]) -> Image.Image:
     """A non-landmark photo: a portrait crop, an indoor corner, or a close-up of materials."""
     ow, oh = out_size
-    kind = rng.choice(["portrait", "indoor", "closeup"])
+    kind = rng.choice(["portrait", "indoor", "closeup"], p=[0.25, 0.35, 0.4])
     colours, _ = _bank()
     if kind == "portrait":
         photo = colours[rng.integers(len(colours))]
