@@ -163,7 +163,8 @@ def test_country_file_errors(tmp_path):
 
 # Each case: (file, replacement text, expected message pattern with file:line).
 BAD_CSV = [
-    ("train/train.csv", "id,url,landmark_id\ntr01,u,7\ntr02,u\n", r"train.csv:3: expected 3 fields"),
+    ("train/train.csv", "id,url,landmark_id\ntr01,u,7\ntr02,u\n",
+     r"train.csv:3: expected 3 fields"),
     ("train/train.csv", "id,url,landmark_id\ntr01,u,7\ntr02,u,seven\n",
      r"train.csv:3: landmark_id 'seven' is not an integer"),
     ("train/train.csv", "id,url,landmark\ntr01,u,7\n", r"train.csv:1: expected header"),

@@ -132,7 +132,8 @@ def test_prepare_outputs(prepared, mini_root):
     reasons = {b["key"]: (b["reason"], b["path"]) for b in report["bad_images"]}
     assert reasons == {
         "train/tr07": ("missing file", str(mini_root / "train/t/r/0/tr07.jpg")),
-        "train/tr10": ("not an image (unrecognised format)", str(mini_root / "train/t/r/1/tr10.jpg")),
+        "train/tr10": ("not an image (unrecognised format)",
+                       str(mini_root / "train/t/r/1/tr10.jpg")),
         "train/tr13": ("missing file", str(mini_root / "train/t/r/1/tr13.jpg"))}
     assert summary["store"]["reencoded"] == 3
     assert summary["losses"]["full"] == {"lost": 2, "total": 12, "fraction": 2 / 12}

@@ -183,7 +183,8 @@ def load_country_csv(path: str | os.PathLike) -> dict[int, str]:
             try:
                 lid = int(row[0])
             except ValueError:
-                raise CountryFileError(f"{where}: landmark_id {row[0]!r} is not an integer") from None
+                raise CountryFileError(
+                    f"{where}: landmark_id {row[0]!r} is not an integer") from None
             code = row[1].strip().upper()
             if code and len(code) != 2 and code != OTHER:
                 raise CountryFileError(f"{where}: country {row[1]!r} is not a two-letter code")

@@ -151,7 +151,7 @@ class ImageList:
         return self.select(self.labels >= 0)
 
     def stats(self) -> dict[str, int]:
-        """Counts: images, distinct labels used, noisy images, label -1 rows, rows without country."""
+        """Counts: images, distinct labels, noisy images, label -1 rows, rows without country."""
         return {
             "images": len(self),
             "labels": int(np.unique(self.labels[self.labels >= 0]).size),

@@ -139,6 +139,9 @@ def check_image(data: bytes, max_side: int | None = None, quality: int = 90
 # ----------------------------------------------------------------------------- writing
 
 
+_BUILDER = None
+
+
 def _shard_builder_cls():
     """The tfds builder class (created lazily so that importing this module stays light)."""
     global _BUILDER
@@ -197,9 +200,6 @@ def _shard_builder_cls():
 
         _BUILDER = LmrImageShard
     return _BUILDER
-
-
-_BUILDER = None
 
 
 def _done_path(store: Path, shard: int) -> Path:
@@ -281,7 +281,8 @@ def _verify_shard(store: Path, shard: int, kept: list[str], digests: list[bytes]
     sample = {0, n - 1}
     if fraction > 0:
         rng = np.random.default_rng(shard)
-        sample.update(rng.choice(n, size=min(n, int(np.ceil(fraction * n))), replace=False).tolist())
+        k = min(n, int(np.ceil(fraction * n)))
+        sample.update(rng.choice(n, size=k, replace=False).tolist())
     for i in range(n):
         rec = ds[i]
         key = rec["key"].decode() if isinstance(rec["key"], bytes) else str(rec["key"])

@@ -218,7 +218,8 @@ def _scene(uid_seed: Sequence[int], s: int) -> Image.Image:
         tx = s * rng.choice([rng.uniform(0.0, 0.25), rng.uniform(0.75, 1.0)])
         tr = s * rng.uniform(0.05, 0.11)
         ty = horizon - tr * rng.uniform(0.8, 2.0)
-        draw.rectangle((tx - tr * 0.12, ty, tx + tr * 0.12, horizon + s * 0.02), fill=(70, 45, 25, 255))
+        draw.rectangle((tx - tr * 0.12, ty, tx + tr * 0.12, horizon + s * 0.02),
+                       fill=(70, 45, 25, 255))
         leaf = _material(rng, int(2 * tr), int(2 * tr), (10, 40, 10), (110, 170, 70))
         _paste_shape(canvas, lambda d, ox, oy, tx=tx, ty=ty, tr=tr: d.ellipse(
             (tx - tr + ox, ty - tr + oy, tx + tr + ox, ty + tr + oy), fill=255),
@@ -235,7 +236,8 @@ def _block(canvas: Image.Image, rng: np.random.Generator, x0: float, x1: float, 
     depth = w * rng.uniform(0.0, 0.25) * rng.choice([-1, 1])
     if abs(depth) > 1:  # a darker side face gives a 3-D look
         sx = x1 if depth > 0 else x0
-        side = [(sx, top), (sx + depth, top - abs(depth) * 0.5), (sx + depth, base - abs(depth) * 0.5),
+        lift = abs(depth) * 0.5
+        side = [(sx, top), (sx + depth, top - lift), (sx + depth, base - lift),
                 (sx, base)]
         xs, ys = [p[0] for p in side], [p[1] for p in side]
         dark = tuple(int(v * 0.5) for v in wall[1])
@@ -252,7 +254,8 @@ def _block(canvas: Image.Image, rng: np.random.Generator, x0: float, x1: float, 
     if roof_kind == "gable":
         rh = h * rng.uniform(0.2, 0.5)
         pts = [(x0 - w * 0.05, top), (x1 + w * 0.05, top), ((x0 + x1) / 2, top - rh)]
-        _paste_shape(canvas, lambda d, ox, oy: d.polygon([(a + ox, b + oy) for a, b in pts], fill=255),
+        _paste_shape(canvas, lambda d, ox, oy: d.polygon([(a + ox, b + oy) for a, b in pts],
+                                                         fill=255),
                      (x0 - w * 0.05, top - rh, x1 + w * 0.05 + 1, top + 1), rmat)
     elif roof_kind in ("dome", "onion"):
         rw = w * rng.uniform(0.5, 0.9)
@@ -269,7 +272,8 @@ def _block(canvas: Image.Image, rng: np.random.Generator, x0: float, x1: float, 
         rh = h * rng.uniform(0.5, 1.2)
         m = (x0 + x1) / 2
         pts = [(m - w * 0.3, top), (m + w * 0.3, top), (m, top - rh)]
-        _paste_shape(canvas, lambda d, ox, oy: d.polygon([(a + ox, b + oy) for a, b in pts], fill=255),
+        _paste_shape(canvas, lambda d, ox, oy: d.polygon([(a + ox, b + oy) for a, b in pts],
+                                                         fill=255),
                      (m - w * 0.3, top - rh, m + w * 0.3 + 1, top + 1), rmat)
     elif roof_kind == "stepped":
         for k in range(1, int(rng.integers(2, 4))):
@@ -320,7 +324,8 @@ def _block(canvas: Image.Image, rng: np.random.Generator, x0: float, x1: float, 
         c1, c2 = _rand_colour(rng) + (255,), _rand_colour(rng) + (255,)
         k = int(rng.integers(3, 9))
         if rng.random() < 0.5:
-            draw.ellipse((ex - r, ey - r, ex + r, ey + r), fill=c1, outline=c2, width=max(1, int(r / 5)))
+            draw.ellipse((ex - r, ey - r, ex + r, ey + r), fill=c1, outline=c2,
+                         width=max(1, int(r / 5)))
             for i in range(k):
                 a = 2 * math.pi * i / k
                 draw.line((ex, ey, ex + r * math.cos(a), ey + r * math.sin(a)), fill=c2,
@@ -355,8 +360,9 @@ def _sky(rng: np.random.Generator, s: int) -> Image.Image:
     sky = Image.fromarray(np.broadcast_to(grad, (s, s, 3)).copy())
     if rng.random() < 0.7:
         clouds = _material(rng, s // 4, s // 4, (0, 0, 0), (255, 255, 255), colour_p=0.0)
+        k = rng.uniform(1.0, 1.8)
         alpha = clouds.convert("L").resize((s, s), Image.Resampling.BILINEAR).filter(
-            ImageFilter.GaussianBlur(s / 40)).point(lambda v: max(0, v - 110) * rng.uniform(1.0, 1.8))
+            ImageFilter.GaussianBlur(s / 40)).point(lambda v: max(0, v - 110) * k)
         sky.paste(Image.new("RGB", (s, s), (245, 245, 245)), (0, 0), alpha)
     return sky.convert("RGBA")
 
@@ -391,7 +397,8 @@ def _photometric(img: Image.Image, rng: np.random.Generator, strength: float = 1
         a = a + rng.normal(0, rng.uniform(0.005, 0.025) * strength, a.shape).astype(np.float32)
     img = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
     if rng.random() < 0.5:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3) * strength * max(h, w) / 128))
+        radius = rng.uniform(0.3, 1.3) * strength * max(h, w) / 128
+        img = img.filter(ImageFilter.GaussianBlur(radius))
     return img
 
 
@@ -406,7 +413,8 @@ def _occlude(img: Image.Image, rng: np.random.Generator, n: int) -> None:
             ph = h * rng.uniform(0.25, 0.6)
             pw = ph * 0.28
             col = _rand_colour(rng, 10, 200)
-            draw.ellipse((x - pw * 0.3, y - ph, x + pw * 0.3, y - ph + pw * 0.6), fill=(200, 160, 130))
+            draw.ellipse((x - pw * 0.3, y - ph, x + pw * 0.3, y - ph + pw * 0.6),
+                         fill=(200, 160, 130))
             draw.rounded_rectangle((x - pw / 2, y - ph + pw * 0.6, x + pw / 2, y + ph * 0.2),
                                    radius=pw / 4, fill=col)
         elif kind == "pole":
@@ -599,7 +607,8 @@ def _plan(cfg: SyntheticConfig) -> _Plan:
     for uid in index_uids:
         by_uid[uid] = [add("index", "view", (uid,)) for _ in range(int(rng.integers(2, 7)))]
         index_rows.extend((i, index_lids[uid]) for i in by_uid[uid])
-    distractors = [add("index", "junk", ()) for _ in range(round(n_lm * cfg.index_distractor_fraction))]
+    n_distractors = round(n_lm * cfg.index_distractor_fraction)
+    distractors = [add("index", "junk", ()) for _ in range(n_distractors)]
     index_ids = [i for i, _ in index_rows] + distractors
     index_ids = [index_ids[i] for i in rng.permutation(len(index_ids))]
     index_rows = [index_rows[i] for i in rng.permutation(len(index_rows))]
@@ -717,7 +726,7 @@ def make_dataset(out: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(
     root = Path(out)
     plan = _plan(cfg)
     order = sorted(plan.images, key=lambda im: (im.scenes[:1] or (-1,), im.ordinal))
-    chunk = max(16, len(order) // (8 * max(workers, 1)))
+    chunk = max(16, min(500, len(order) // (8 * max(workers, 1))))
     chunks = [(cfg, str(root), order[i:i + chunk]) for i in range(0, len(order), chunk)]
     from tqdm.auto import tqdm
 
@@ -735,7 +744,8 @@ def make_dataset(out: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(
                [(i, f"https://upload.wikimedia.org/wikipedia/commons/{i[0]}/{i[:2]}/{i}.jpg", lid)
                 for i, lid in plan.train_rows])
     _write_csv(root / "train/train_clean.csv", ("landmark_id", "images"),
-               [(int(plan.train_lids[u]), " ".join(plan.clean_images[u])) for u in plan.clean_order])
+               [(int(plan.train_lids[u]), " ".join(plan.clean_images[u]))
+                for u in plan.clean_order])
     _write_csv(root / "train/train_label_to_category.csv", ("landmark_id", "category"),
                sorted((int(plan.train_lids[u]), _category_url(plan.names[u])) for u in range(n_lm)))
     _write_csv(root / "index/index.csv", ("id",), [(i,) for i in plan.index_ids])
@@ -762,7 +772,8 @@ def make_dataset(out: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(
         (cdir / f"{code}.json").write_text(json.dumps(entries, ensure_ascii=False))
 
     corrupt = _corrupt(root, plan, np.random.default_rng([cfg.seed, 4])) if cfg.corrupt else {}
-    counts = {sp: sum(1 for im in plan.images if im.split == sp) for sp in ("train", "index", "test")}
+    counts = {sp: sum(1 for im in plan.images if im.split == sp)
+              for sp in ("train", "index", "test")}
     manifest = {"config": dataclasses.asdict(cfg), "images": counts,
                 "landmarks": {"train": n_lm, "clean": len(plan.clean_order),
                               "index": len(plan.index_lids),
