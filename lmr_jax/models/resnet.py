@@ -239,6 +239,6 @@ def se_resnet101_ibn_a(*, last_stride: int = 1, dtype: DType = jnp.float32,
 def resnet_tiny(*, last_stride: int = 1, dtype: DType = jnp.float32, rngs: nnx.Rngs) -> ResNet:
     """A small ResNet for demos and tests: one bottleneck per stage, 16 base planes, 512 out.
 
-    About 0.37 M parameters; any input size works (strided-conv shortcuts).
+    About 0.5 M parameters; any input size works (strided-conv shortcuts).
     """
     return ResNet((1, 1, 1, 1), last_stride=last_stride, base_planes=16, dtype=dtype, rngs=rngs)
