@@ -6,7 +6,7 @@
 Prints one JSON object on the last line.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _MODE = flags.DEFINE_enum("mode", "loop", ["loop", "full"], "Which benchmark.")
 _QUERIES = flags.DEFINE_integer("queries", 1129, "Queries.")
@@ -21,7 +21,12 @@ _REF_PATH = flags.DEFINE_string("ref_path", None, "float16 .npy for the full-sca
 
 def main(argv):
     del argv
+    import logging as py_logging
+
     from lmr_jax.retrieval import bench
+
+    py_logging.getLogger("lmr_jax").setLevel(py_logging.INFO)
+    logging.info("start")
 
     if _MODE.value == "loop":
         res = bench.bench_vs_loop(_QUERIES.value, _INDEX.value or 20_000, _REFS.value or 200_000,

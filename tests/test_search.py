@@ -23,10 +23,11 @@ def _brute(q, db, k):
     return np.take_along_axis(s, i, 1), i
 
 
-@pytest.mark.parametrize("chunk", [7, 64, 1 << 18])
-def test_topk_exact_chunked(data, chunk):
+@pytest.mark.parametrize("chunk,backend", [(7, "faiss"), (64, "faiss"), (1 << 18, "faiss"),
+                                           (64, "jax"), (1 << 18, "jax")])
+def test_topk_exact_chunked(data, chunk, backend):
     q, db = data
-    s, i = search.topk_inner_product(q, db, 10, chunk_size=chunk)
+    s, i = search.topk_inner_product(q, db, 10, chunk_size=chunk, backend=backend)
     s_ref, i_ref = _brute(q, db, 10)
     np.testing.assert_array_equal(i, i_ref)
     np.testing.assert_allclose(s, s_ref, atol=1e-5)
@@ -37,10 +38,11 @@ def test_topk_float16_memmap_and_k_larger_than_n(tmp_path, data):
     path = tmp_path / "db.npy"
     np.save(path, db[:20].astype(np.float16))
     mm = np.load(path, mmap_mode="r")
-    s, i = search.topk_inner_product(q, mm, 25, chunk_size=6)
     s_ref, i_ref = _brute(q, np.asarray(mm, np.float32), 20)
-    np.testing.assert_array_equal(i[:, :20], i_ref)
-    assert (i[:, 20:] == -1).all() and np.isneginf(s[:, 20:]).all()
+    for backend in ("faiss", "jax"):
+        s, i = search.topk_inner_product(q, mm, 25, chunk_size=6, backend=backend)
+        np.testing.assert_array_equal(i[:, :20], i_ref)
+        assert (i[:, 20:] == -1).all() and np.isneginf(s[:, 20:]).all()
 
 
 def test_similarity_matrix_and_fusion(data):

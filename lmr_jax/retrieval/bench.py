@@ -46,6 +46,13 @@ def _loop_local_jaccard(feats: np.ndarray, k1: int = 10, k2: int = 3) -> np.ndar
     return 1.0 - m / (2.0 - m)
 
 
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row-wise top-k column indices, best first (argpartition, then sort of the k)."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
 def loop_landmark_country_rerank(query_feats, index_feats, ref_feats, ref_landmarks,
                                  ref_countries, *, k=3, alpha=1.0, beta=0.1, topk=30,
                                  batch_size=128) -> np.ndarray:
@@ -60,9 +67,8 @@ def loop_landmark_country_rerank(query_feats, index_feats, ref_feats, ref_landma
     sims = np.asarray(query_feats @ index_feats.T, np.float32)
     for qi, q in enumerate(query_feats):
         cos = refs @ q
-        top = np.argsort(-cos, kind="stable")[:topk]
-        nbr = refs[top] @ refs.T
-        nbr_top = np.argsort(-nbr, axis=1, kind="stable")[:, :topk]
+        top = _top(cos[None], topk)[0]
+        nbr_top = _top(refs[top] @ refs.T, topk)
         union = np.unique(np.concatenate([top, nbr_top.ravel()]))
         jac = _loop_local_jaccard(np.concatenate([q[None], refs[union]]))[1:]
         final = 0.5 * (1.0 - (cos + 1.0) / 2.0) + 0.5

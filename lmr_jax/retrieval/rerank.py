@@ -21,10 +21,14 @@ float16 memory map), the local sets are processed ``batch_size`` queries at a ti
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 
 import numpy as np
 
 from lmr_jax.retrieval import kreciprocal, search
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -97,8 +101,11 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
     t = min(topk, ref_feats.shape[0])
     first = np.ascontiguousarray(top_refs[:, :t])
     distinct, inv = np.unique(first, return_inverse=True)
+    t0 = time.perf_counter()
     _, nn = search.topk_inner_product(np.asarray(ref_feats[distinct], np.float32), ref_feats, t,
                                       chunk_size=chunk_size)
+    log.info("neighbours of %d distinct top-%d refs: %.1f s", len(distinct), t,
+             time.perf_counter() - t0)
     cand = np.concatenate([first, nn[inv.reshape(first.shape)].reshape(len(q), -1)], axis=1)
     unions = _sorted_unions(cand)
     nq, width = unions.shape
@@ -143,11 +150,17 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
     n_ref = ref_feats.shape[0]
     k = min(k, n_ref)
     kq = min(topk, n_ref) if query_kreciprocal else k
+    t0 = time.perf_counter()
     q_s, q_i, index_top1 = reference_neighbours(query_feats, index_feats, ref_feats, kq,
                                                 chunk_size=chunk_size)
+    log.info("reference search (%d queries + %d index x %d refs): %.1f s", len(q_s),
+             len(index_top1), n_ref, time.perf_counter() - t0)
     if query_kreciprocal:
+        t0 = time.perf_counter()
         unions, sims = query_reference_refinement(query_feats, ref_feats, q_i, topk=topk,
                                                   batch_size=batch_size, chunk_size=chunk_size)
+        log.info("k-reciprocal refinement (local sets of up to %d refs): %.1f s",
+                 unions.shape[1], time.perf_counter() - t0)
         sel = _topk_rows(sims, k)
         best = np.take_along_axis(unions, sel, 1)
         best_s = np.take_along_axis(sims, sel, 1)

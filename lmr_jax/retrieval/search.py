@@ -13,12 +13,16 @@ Approximate options (faiss IVF-Flat, HNSW-Flat) are for very large databases; us
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import faiss
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_CHUNK = 1 << 18
+JAX_QUERY_BLOCK = 8192
 
 
 def _as_f32(x: np.ndarray) -> np.ndarray:
@@ -37,17 +41,52 @@ def merge_topk(scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray,
     return np.take_along_axis(scores, order, 1), np.take_along_axis(idx, order, 1)
 
 
+@functools.partial(jax.jit, static_argnames=("k",))
+def _jax_block_topk(q: jax.Array, chunk: jax.Array, n_valid: jax.Array, k: int):
+    s = jnp.dot(q, chunk.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+    s = jnp.where(jnp.arange(chunk.shape[0])[None, :] < n_valid, s, -jnp.inf)
+    return jax.lax.top_k(s, k)
+
+
+def _jax_chunk_topk(q: np.ndarray, chunk: np.ndarray, chunk_size: int, k: int):
+    """Top-k of q (Q, D) against one database chunk on the default JAX device."""
+    n = chunk.shape[0]
+    padded = np.zeros((chunk_size, chunk.shape[1]), chunk.dtype)
+    padded[:n] = chunk
+    dev_chunk = jnp.asarray(padded)
+    out_s, out_i = [], []
+    for s in range(0, q.shape[0], JAX_QUERY_BLOCK):
+        block = q[s:s + JAX_QUERY_BLOCK]
+        qb = np.zeros((min(JAX_QUERY_BLOCK, q.shape[0]), q.shape[1]), np.float32)
+        qb[:len(block)] = block
+        bs, bi = _jax_block_topk(jnp.asarray(qb), dev_chunk, jnp.int32(n), k)
+        out_s.append(np.asarray(bs)[:len(block)])
+        out_i.append(np.asarray(bi)[:len(block)])
+    return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+
+
+def default_backend() -> str:
+    """"jax" when JAX has an accelerator, else "faiss" (faster on CPU)."""
+    return "faiss" if jax.default_backend() == "cpu" else "jax"
+
+
 def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
-                       chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                       chunk_size: int = DEFAULT_CHUNK, backend: str | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product, chunked over the database.
 
     Args:
       queries: (Q, D) float array.
       database: (N, D) float array (float16 memory maps are fine: read chunk by chunk).
       k: results per query; if k > N the tail is padded with index -1, score -inf.
+      backend: "faiss" (CPU BLAS) or "jax" (jnp.dot at float32 precision + lax.top_k on the
+        default device, chunks sent as stored, e.g. float16); default :func:`default_backend`.
     Returns:
       scores (Q, k) float32 descending, indices (Q, k) int64 into ``database``.
     """
+    backend = backend or default_backend()
+    if backend not in ("faiss", "jax"):
+        raise ValueError(f"unknown search backend {backend!r}: use faiss or jax")
     q = _as_f32(queries)
     if q.ndim != 2 or database.ndim != 2 or q.shape[1] != database.shape[1]:
         raise ValueError(f"queries {q.shape} and database {database.shape} must be (Q, D), (N, D)")
@@ -57,14 +96,19 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
     if nq == 0:
         return best_s, best_i
     for start in range(0, n, chunk_size):
-        chunk = _as_f32(database[start:start + chunk_size])
-        kc = min(k, chunk.shape[0])
-        s, i = faiss.knn(q, chunk, kc, metric=faiss.METRIC_INNER_PRODUCT)
-        i = i + start
-        if start == 0 and kc == k:
-            best_s, best_i = s.astype(np.float32), i
+        kc = min(k, chunk_size, n - start)
+        if backend == "jax":
+            s, i = _jax_chunk_topk(q, np.asarray(database[start:start + chunk_size]),
+                                   min(chunk_size, n), kc)
         else:
-            best_s, best_i = merge_topk(best_s, best_i, s.astype(np.float32), i, k)
+            chunk = _as_f32(database[start:start + chunk_size])
+            s, i = faiss.knn(q, chunk, kc, metric=faiss.METRIC_INNER_PRODUCT)
+        s = np.where(i >= 0, s, -np.inf).astype(np.float32)
+        i = np.where(i >= 0, i + start, -1)
+        if start == 0 and kc == k:
+            best_s, best_i = s, i
+        else:
+            best_s, best_i = merge_topk(best_s, best_i, s, i, k)
     return best_s, best_i
 
 
