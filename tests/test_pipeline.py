@@ -226,7 +226,8 @@ def test_dead_worker_raises_a_clear_error(records, image_list):
         _take(it, it.steps_per_epoch)
 
 
-def test_open_worker_iterator_is_cleaned_up_at_exit():
+def test_worker_pipelines_leave_no_shared_memory_at_exit():
+    """An eval stream read to its end and a train iterator left open at exit clean up."""
     script = textwrap.dedent(f"""
         import io, types, numpy as np
         from PIL import Image
@@ -236,13 +237,17 @@ def test_open_worker_iterator_is_cleaned_up_at_exit():
         records = [{{"image": buf.getvalue(), "index": i}} for i in range(16)]
         lst = types.SimpleNamespace(labels=np.arange(16) % 4, noisy=np.zeros(16, bool),
                                     continents=np.full(16, "Asia"))
+        kw = dict(process_index=0, process_count=1, device_count=1)
         cfg = P.default_train_config({SIZE})
         cfg.global_batch_size, cfg.num_workers, cfg.worker_buffer_size = 4, 1, 2
-        it = P.make_train_iterator(records, lst, cfg, process_index=0, process_count=1,
-                                   device_count=1)
+        train = P.make_train_iterator(records, lst, cfg, **kw)
         for _ in range(3):
-            batch = next(it)
+            batch = next(train)
         del batch
+        ecfg = P.default_eval_config({SIZE})
+        ecfg.batch_size, ecfg.num_workers = 8, 1
+        with P.make_eval_iterator(records, ecfg, **kw) as it:
+            assert sum(len(b["index"]) for b in it) == 16
         print("done")
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -27,16 +27,18 @@ sampled; an image that fails to decode at run time raises :class:`ImageDecodeErr
 list row and image id; a dead worker process raises :class:`DataWorkerError`.
 
 Shared memory: with worker processes, batches arrive in shared memory that is released when the
-batch arrays are garbage-collected. Close the iterator (``close()`` or ``with``) and drop the
-last batch before exiting; iterators still open at interpreter exit are closed by an ``atexit``
-hook, which leaves at most the batches still referenced to Python's resource tracker (it prints
-"leaked shared_memory objects" and unlinks them).
+batch arrays are garbage-collected. ``close()`` (or leaving a ``with`` block) stops the workers,
+unlinks what is still buffered and runs the cyclic garbage collector (grain keeps the last batch
+of a finished worker stream in a reference cycle); iterators still open at interpreter exit are
+closed by an ``atexit`` hook. Only batches the program itself still references at exit remain;
+Python's resource tracker then reports them ("leaked shared_memory objects") and unlinks them.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import sys
 import threading
 import weakref
@@ -194,9 +196,11 @@ class PipelineIterator(grain.DatasetIterator):
     """
 
     def __init__(self, parent: grain.DatasetIterator, *, ids: np.ndarray | None = None,
-                 steps_per_epoch: int | None = None, num_batches: int | None = None):
+                 steps_per_epoch: int | None = None, num_batches: int | None = None,
+                 uses_workers: bool = False):
         super().__init__(parent)
         self._ids = ids
+        self._uses_workers = uses_workers
         self.steps_per_epoch = steps_per_epoch
         self.num_batches = num_batches
         self._atexit_close = functools.partial(_close_if_alive, weakref.ref(self))
@@ -235,6 +239,11 @@ class PipelineIterator(grain.DatasetIterator):
         # Release the closed grain iterators now, while the interpreter is intact: they run
         # close() again from __del__, which fails if that happens during interpreter teardown.
         self._parents = ()
+        if self._uses_workers:
+            # When a worker's stream ends, grain's prefetch thread keeps its last batch alive in
+            # a reference cycle (exception -> traceback -> frame -> queue -> exception); collect
+            # it now so that its shared memory is unlinked rather than reported leaked at exit.
+            gc.collect()
 
     def __enter__(self) -> PipelineIterator:
         return self
@@ -342,7 +351,8 @@ def make_train_iterator(
     it = _finish(ds, num_workers=int(config.num_workers), read_threads=int(config.read_threads),
                  worker_buffer_size=int(config.worker_buffer_size))
     return PipelineIterator(iter(it), ids=getattr(image_list, "ids", None),
-                            steps_per_epoch=steps_per_epoch)
+                            steps_per_epoch=steps_per_epoch,
+                            uses_workers=int(config.num_workers) > 0)
 
 
 def eval_rows_for_process(rows: np.ndarray, batch_size: int, process_index: int,
@@ -398,4 +408,5 @@ def make_eval_iterator(
     ds = ds.map(EvalPreprocess(config.preprocess)).batch(batch_size)
     it = _finish(ds, num_workers=int(config.num_workers), read_threads=int(config.read_threads),
                  worker_buffer_size=int(config.worker_buffer_size))
-    return PipelineIterator(iter(it), ids=ids, num_batches=len(local_rows) // batch_size)
+    return PipelineIterator(iter(it), ids=ids, num_batches=len(local_rows) // batch_size,
+                            uses_workers=int(config.num_workers) > 0)
