@@ -82,7 +82,8 @@ def test_jpeg_kept_and_resized():
 
 # ----------------------------------------------------------------------------- preparation
 
-BAD = {"train/tr07": "missing", "train/tr10": "html", "train/tr13": "missing"}
+BAD = {"train/tr07": "missing", "train/tr10": "html", "train/tr13": "missing",
+       "index/ix04": "directory"}
 ODD = {"train/tr02": "PNG", "train/tr05": "CMYK", "index/ix06": "L"}
 
 
@@ -104,6 +105,8 @@ def mini_root(tmp_path_factory):
         if key in BAD:
             if BAD[key] == "html":
                 path.write_bytes(b"<html>gone</html>")
+            elif BAD[key] == "directory":  # unreadable: a folder where the file should be
+                path.mkdir()
             continue
         if key in ODD:
             path.write_bytes(encode(im.convert("RGB" if ODD[key] == "PNG" else ODD[key]),
@@ -134,14 +137,20 @@ def test_prepare_outputs(prepared, mini_root):
         "train/tr07": ("missing file", str(mini_root / "train/t/r/0/tr07.jpg")),
         "train/tr10": ("not an image (unrecognised format)",
                        str(mini_root / "train/t/r/1/tr10.jpg")),
-        "train/tr13": ("missing file", str(mini_root / "train/t/r/1/tr13.jpg"))}
+        "train/tr13": ("missing file", str(mini_root / "train/t/r/1/tr13.jpg")),
+        "index/ix04": ("unreadable: Is a directory", str(mini_root / "index/i/x/0/ix04.jpg"))}
     assert summary["store"]["reencoded"] == 3
     assert summary["losses"]["full"] == {"lost": 2, "total": 12, "fraction": 2 / 12}
     assert summary["losses"]["clean"] == {"lost": 1, "total": 6, "fraction": 1 / 6}
     val = ValidationSet.load(out / "validation.npz")
     assert val.num_queries == 4 and {"ix01", "ix06"} <= set(val.index_ids.tolist())
+    assert "ix04" not in val.index_ids and val.ground_truth(0).tolist() == ["ix01"]
+    assert summary["losses"]["validation index"] == {"lost": 1, "total": 8, "fraction": 1 / 8}
+    all_ = ImageList.load(out / "lists/all.npz")
+    assert all_.ids[all_.splits == "index"].tolist() == ["ix01", "ix03", "ix05"]
     text = gldv2.format_summary(summary)
-    assert "bad images 3 (missing file 2, not an image (unrecognised format) 1)" in text
+    assert ("bad images 4 (missing file 2, not an image (unrecognised format) 1, unreadable 1)"
+            in text)
 
 
 def test_store_source_reads_what_was_prepared(prepared, mini_root):

@@ -538,7 +538,7 @@ def _count_reasons(bad: list[dict]) -> dict[str, int]:
     for b in bad:
         reason = b["reason"].split(":")[0]
         out[reason] = out.get(reason, 0) + 1
-    return out
+    return dict(sorted(out.items()))
 
 
 def format_summary(summary: dict) -> str:
