@@ -34,6 +34,17 @@ every ground-truth image plus distractors: the index ids given by the caller (e.
 competition's 76,176-image index), or else a seeded sample of the other GLDv2 index images.
 
 Malformed input raises :class:`GldFormatError` with ``file:line``.
+
+Preparation (:func:`prepare`, ``scripts/prepare_gldv2.py``) writes into an output folder::
+
+    store/                 every image of the lists and of the validation set once
+                           (:mod:`lmr_jax.data.store`; resumable, parallel, verified)
+    lists/{clean,c2x,full,all}.npz   ImageLists without the bad images
+    validation.npz         ValidationSet without bad queries / index images
+    report.json            summary, losses per list and every bad image with path and reason
+
+and stops with :class:`PreparationError` (keeping the store and the report, writing no lists)
+when a list or the validation set loses more than ``max_bad_fraction`` of its images.
 """
 
 from __future__ import annotations
