@@ -87,6 +87,9 @@ def test_batches_follow_the_sampler_epoch_after_epoch(records, image_list):
     with P.make_train_iterator(records, image_list, _config(seed=6), process_index=0,
                                process_count=1, device_count=1) as other:
         assert not np.array_equal(next(other)["image"], batches[0]["image"])
+    with P.make_train_iterator(records, image_list, cfg, num_epochs=1, process_index=0,
+                               process_count=1, device_count=1) as one_epoch:
+        _assert_same_batches(list(one_epoch), batches[:spe])
 
 
 def test_bfloat16_batches(records, image_list):
