@@ -160,6 +160,16 @@ def test_resume_from_saved_state_is_exact(records, image_list, tmp_path):
         _assert_same_batches(_take(fresh, 5), expected)
 
 
+def test_rewinding_an_iterator_replays_the_same_batches(records, image_list):
+    with P.make_train_iterator(records, image_list, _config(), process_index=0, process_count=1,
+                               device_count=1) as it:
+        _take(it, 1)
+        state = it.get_state()
+        later = _take(it, 11)                     # into the third epoch (5 batches per epoch)
+        it.set_state(state)
+        _assert_same_batches(_take(it, 11), later)
+
+
 def test_resume_with_worker_processes_is_exact(records, image_list):
     cfg = _config(num_workers=2, read_threads=1, worker_buffer_size=1)
     kw = dict(process_index=0, process_count=1, device_count=1)

@@ -112,14 +112,18 @@ def _sampler_kwargs(name: str, sampler_config: Mapping[str, Any]) -> dict[str, A
 
 
 class _SampleStream:
-    """grain data source: global sample position -> list row (epoch after epoch)."""
+    """grain data source: global sample position -> list row (epoch after epoch).
+
+    Keeps the rows of the two latest epochs used, so that read threads working on both sides
+    of an epoch boundary do not rebuild them in turn.
+    """
 
     def __init__(self, sampler: Sampler, samples_per_epoch: int, num_epochs: int | None):
         self.sampler = sampler
         self.samples_per_epoch = samples_per_epoch
         self.num_epochs = num_epochs
         self._lock = threading.Lock()
-        self._cache: tuple[int, np.ndarray] | None = None
+        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         if self.num_epochs is None:
@@ -128,9 +132,11 @@ class _SampleStream:
 
     def _epoch(self, epoch: int) -> np.ndarray:
         with self._lock:
-            if self._cache is None or self._cache[0] != epoch:
-                self._cache = (epoch, self.sampler.epoch_indices(epoch))
-            return self._cache[1]
+            if epoch not in self._cache:
+                self._cache[epoch] = self.sampler.epoch_indices(epoch)
+                for old in sorted(self._cache, key=lambda e: abs(e - epoch))[2:]:
+                    del self._cache[old]
+            return self._cache[epoch]
 
     def __getitem__(self, position: int) -> int:
         epoch, offset = divmod(int(position), self.samples_per_epoch)
@@ -144,7 +150,7 @@ class _SampleStream:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        self._cache = None
+        self._cache = {}
 
 
 class _ReadTrainRecord:
