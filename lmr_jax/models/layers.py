@@ -254,8 +254,10 @@ class IBN(nnx.Module):
 def max_pool2d(x: Array, kernel_size: int, stride: int, padding: int) -> Array:
     """``torch.nn.MaxPool2d`` (floor mode, implicit -inf padding) on NHWC."""
     p = padding
+    # A Python scalar init value: JAX then recognises the max monoid (reduce_window_max), which
+    # is differentiable under jit; a jnp.array init is a tracer there and cannot be linearised.
     return lax.reduce_window(
-        x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, kernel_size, kernel_size, 1),
+        x, -jnp.inf, lax.max, (1, kernel_size, kernel_size, 1),
         (1, stride, stride, 1), ((0, 0), (p, p), (p, p), (0, 0)))
 
 
@@ -284,7 +286,7 @@ def avg_pool2d(x: Array, kernel_size: int, stride: int, padding: int = 0, *,
     extra_w = max((out_w - 1) * s + k - (w + 2 * p), 0)
     window, strides = (1, k, k, 1), (1, s, s, 1)
     pads = ((0, 0), (p, p + extra_h), (p, p + extra_w), (0, 0))
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, strides, pads)
+    summed = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)  # scalar: see max_pool2d
     if count_include_pad:
         ones = np.pad(np.ones((h, w), np.float32), p, constant_values=1.0)
         ones = np.pad(ones, ((0, extra_h), (0, extra_w)))
