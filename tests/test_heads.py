@@ -73,6 +73,8 @@ def test_cosine_classifier_matches_torch(num_subcenters):
     assert got.shape == (5, num_classes)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[0], 0.0)
+    grad = jax.grad(lambda e: jnp.sum(clf(e)))(jnp.asarray(emb))
+    assert np.all(np.isfinite(np.asarray(grad)))  # also at the zero embedding
 
 
 def test_cosine_classifier_init_and_torch_key():

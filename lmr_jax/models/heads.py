@@ -25,9 +25,12 @@ POOLINGS = ("gem", "avgmax")
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
-    """``torch.nn.functional.normalize``: x / max(||x||_2, eps) over the last axis."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+    """``torch.nn.functional.normalize``: x / max(||x||_2, eps) over the last axis.
+
+    Written as x * rsqrt(max(||x||^2, eps^2)) so the gradient stays finite at x = 0.
+    """
+    sum_sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sum_sq, eps * eps))
 
 
 def _xavier_uniform(rngs: nnx.Rngs, shape: tuple[int, int]) -> Array:
