@@ -1,4 +1,4 @@
-"""Re-ranking benchmarks: the vectorised Landmark-Country re-ranking against a per-query loop.
+"""Benchmarks: re-ranking (vectorised vs a per-query loop, GLDv2 scale) and extraction speed.
 
 :func:`loop_landmark_country_rerank` is a straightforward implementation of SPEC.md section 7
 in the style of the reference code (a Python loop per query, numpy, the local k-reciprocal
@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -160,3 +161,56 @@ def bench_full_scale(ref_path: str, num_queries: int = 1129, num_index: int = 79
 
 def main_json(result: dict) -> str:
     return json.dumps(result, sort_keys=True)
+
+
+def images_per_second(step, batch: int, repeats: int = 10, warmup: int = 2) -> float:
+    """Median images/s of ``step()`` (one batch of ``batch`` images, synchronised on return)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times))
+
+
+def bench_jax_forward(arch: str = "resnet50", batch: int = 8, size: int = 384,
+                      dtype: str = "float32", repeats: int = 10) -> float:
+    """Images/s of the jitted lmr_jax model forward on the default JAX device."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lmr_jax.models import create
+
+    model = create(arch, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+    model.eval()
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
+                    jnp.dtype(dtype))
+    return images_per_second(lambda: fwd(state, x).block_until_ready(), batch, repeats)
+
+
+def bench_extract_end_to_end(folder: str, out_dir: str, arch: str = "resnet50",
+                             size: int = 384, batch: int = 8, dtype: str = "float32") -> dict:
+    """Images/s of :func:`lmr_jax.retrieval.extract.extract` (decode + forward + write)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lmr_jax.data.lists import ImageList
+    from lmr_jax.data.store import open_source
+    from lmr_jax.models import create
+    from lmr_jax.retrieval import extract
+
+    files = sorted(str(p) for p in Path(folder).iterdir())
+    image_list = ImageList.from_files(files)
+    model = create(arch, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+    options = extract.ExtractOptions(size=size, batch_size=batch, dtype=dtype,
+                                     shard_size=len(files))
+    t0 = time.perf_counter()
+    extract.extract(model, open_source(image_list, None), image_list.ids, out_dir,
+                    options=options, progress=False)
+    dt = time.perf_counter() - t0
+    return {"images": len(files), "seconds": round(dt, 2), "img_s": round(len(files) / dt, 2)}

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import faiss
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:
+    import faiss
+
 DEFAULT_CHUNK = 1 << 18
 JAX_QUERY_BLOCK = 8192
+
+
+def _faiss():
+    """faiss, imported on first use (the JAX backend works without it)."""
+    import faiss
+
+    return faiss
 
 
 def _as_f32(x: np.ndarray) -> np.ndarray:
@@ -102,7 +112,7 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
                                    min(chunk_size, n), kc)
         else:
             chunk = _as_f32(database[start:start + chunk_size])
-            s, i = faiss.knn(q, chunk, kc, metric=faiss.METRIC_INNER_PRODUCT)
+            s, i = _faiss().knn(q, chunk, kc, metric=_faiss().METRIC_INNER_PRODUCT)
         s = np.where(i >= 0, s, -np.inf).astype(np.float32)
         i = np.where(i >= 0, i + start, -1)
         if start == 0 and kc == k:
@@ -156,6 +166,7 @@ def build_index(database: np.ndarray, kind: str = "flat", *, nlist: int = 1024,
     kind: "flat" (exact), "ivf" (IVF-Flat with ``nlist`` lists, ``nprobe`` probed, trained on
     up to ``train_size`` random rows) or "hnsw" (HNSW-Flat, ``hnsw_m`` links, ``ef_search``).
     """
+    faiss = _faiss()
     d = database.shape[1]
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
