@@ -195,14 +195,17 @@ class BatchNorm(nnx.Module, TorchMapped):
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
+            # Two passes (mean, then mean squared deviation), as PyTorch computes it: the
+            # one-pass E[x^2] - E[x]^2 loses float32 digits when |mean| >> std (the neck BN).
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
-            mean_sq = jnp.mean(jnp.square(xf), axes)
+            if self.axis_name is not None:
+                mean = lax.pmean(mean, self.axis_name)
+            var = jnp.mean(jnp.square(xf - mean), axes)
             count = np.prod([x.shape[a] for a in axes])
             if self.axis_name is not None:
-                mean, mean_sq = lax.pmean((mean, mean_sq), self.axis_name)
+                var = lax.pmean(var, self.axis_name)
                 count = count * lax.psum(1, self.axis_name)
-            var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
             unbiased = var * (count / jnp.maximum(count - 1, 1))
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(mean)
