@@ -49,27 +49,27 @@ def model():
 
 
 def _reference(model, image_list, scales=(1.0,), flip=False):
-    """Direct forward pass per image with the training code's preprocessing."""
+    """Direct (eager) forward pass with the training code's preprocessing, all images at once."""
     pre = EvalPreprocess(default_eval_preprocess_config(SIZE))
     src = open_source(image_list, None)
     model.eval()
-    out = {}
+    ids, images = [], []
     for row in range(len(image_list)):
         try:
-            x = pre(src[row])["image"][None]
-        except Exception:  # noqa: BLE001
+            images.append(pre(src[row])["image"])
+        except Exception:  # noqa: BLE001 - unreadable images have no reference embedding
             continue
-        views = []
-        for s in scales:
-            xs = x if s == 1.0 else np.asarray(jax.image.resize(
-                x, (1, round(SIZE * s), round(SIZE * s), 3), "bilinear", antialias=False))
-            views.append(xs)
-            if flip:
-                views.append(xs[:, :, ::-1])
-        embs = [np.asarray(model(jnp.asarray(v)), np.float64)[0] for v in views]
-        mean = np.mean([e / np.linalg.norm(e) for e in embs], axis=0)
-        out[image_list.ids[row]] = mean / np.linalg.norm(mean)
-    return out
+        ids.append(image_list.ids[row])
+    x = np.stack(images)
+    total = 0.0
+    for s in scales:
+        xs = x if s == 1.0 else np.asarray(jax.image.resize(
+            x, (len(x), round(SIZE * s), round(SIZE * s), 3), "bilinear", antialias=False))
+        for view in ([xs, xs[:, :, ::-1]] if flip else [xs]):
+            e = np.asarray(model(jnp.asarray(view)), np.float64)
+            total = total + e / np.linalg.norm(e, axis=1, keepdims=True)
+    total = total / np.linalg.norm(total, axis=1, keepdims=True)
+    return dict(zip(ids, total, strict=True))
 
 
 def _opts(**kw):
