@@ -173,10 +173,9 @@ def test_train_mode_forward_and_running_stats_resnest50():
     map) and PyTorch's running-statistics update (momentum 0.1, unbiased variance).
 
     Batch 4: with 2 samples the split-attention ``bn1`` normalises each channel over 2 pooled
-    values whose mean is far above their spread. Float32 torch then differs from float64 by
-    5e-5 at layer4, and ``layers.BatchNorm``'s one-pass variance (E[x^2] - E[x]^2) loses ~30x
-    more digits (1.5e-3 at layer4), so the comparison would measure cancellation, not the
-    port. With 4 samples: torch 4e-6, NNX 1.3e-5 from float64 at layer4.
+    values, which makes the network ill-conditioned: float32 torch differs from float64 by
+    5.6e-5 at layer4 (NNX 7.9e-5), too close to the tolerance to measure the port. With 4
+    samples both are ~4e-6 from float64 at layer4.
     """
     ref, model = build_pair("resnest50", seed=5)
     ref.train()
