@@ -1,9 +1,15 @@
 """Recognition voting against a dictionary transcription, and GAP of its output."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from lmr_jax.retrieval import metrics, recognition
+from lmr_jax.data.lists import ImageList
+from lmr_jax.retrieval import features, metrics, recognition, submission
 
 
 def slow_vote(sims, labels, threshold):
@@ -55,3 +61,33 @@ def test_recognize_end_to_end_gap():
     preds = {f"q{i}": (int(p), float(c)) for i, (p, c) in enumerate(zip(pred, conf, strict=True))
              if p >= 0}
     assert metrics.global_average_precision(preds, sol) == pytest.approx(1.0)
+
+
+def test_recognize_script(tmp_path):
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((3, 16))
+    ref_labels = np.repeat(np.arange(3), 4)
+    refs = centers[ref_labels] + 0.1 * rng.standard_normal((12, 16))
+    q = centers[[2, 0, 1]] + 0.1 * rng.standard_normal((3, 16))
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    ref_ids = [f"r{i:02d}" for i in range(12)]
+    # Reference features stored in another order than the list: matched by id.
+    features.save_features(tmp_path / "refs", ref_ids[::-1], unit(refs)[::-1], "float32")
+    features.save_features(tmp_path / "q", ["qa", "qb", "qc"], unit(q), "float32")
+    ImageList(ids=ref_ids, labels=ref_labels, noisy=np.zeros(12, bool), countries=np.full(12, ""),
+              continents=np.full(12, "OTHER"), num_classes=3, name="refs").save(tmp_path / "r.npz")
+    (tmp_path / "sol.csv").write_text("id,landmarks,Usage\nqa,2,Public\nqb,1,Private\nqc,1,Public\n")
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "recognize.py"), f"--queries={tmp_path / 'q'}",
+         f"--refs={tmp_path / 'refs'}", f"--ref_list={tmp_path / 'r.npz'}", "--k=3",
+         f"--output={tmp_path / 'out.csv'}", f"--solution={tmp_path / 'sol.csv'}"],
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    # qa -> 2 correct, qb -> 0 wrong, qc -> 1 correct; the GAP printed is that of the file.
+    preds = submission.read_recognition_submission(tmp_path / "out.csv")
+    assert {k: v[0] for k, v in preds.items()} == {"qa": 2, "qb": 0, "qc": 1}
+    sol = submission.read_recognition_solution(tmp_path / "sol.csv")
+    assert out["gap"] == pytest.approx(metrics.global_average_precision(preds, sol))
+    assert 0.0 < out["gap"] < 1.0
