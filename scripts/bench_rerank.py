@@ -2,13 +2,14 @@
 
   python scripts/bench_rerank.py --mode loop          # vectorised vs per-query loop
   python scripts/bench_rerank.py --mode full --ref_path /big/refs_f16.npy   # GLDv2 scale
+  python scripts/bench_rerank.py --mode ann   # exact vs IVF / HNSW search: time and recall
 
 Prints one JSON object on the last line.
 """
 
 from absl import app, flags, logging
 
-_MODE = flags.DEFINE_enum("mode", "loop", ["loop", "full"], "Which benchmark.")
+_MODE = flags.DEFINE_enum("mode", "loop", ["loop", "full", "ann"], "Which benchmark.")
 _QUERIES = flags.DEFINE_integer("queries", 1129, "Queries.")
 _INDEX = flags.DEFINE_integer("index", None, "Index images (default 20,000 / 79,000).")
 _REFS = flags.DEFINE_integer("refs", None, "Reference images (default 200,000 / 4,900,000).")
@@ -31,6 +32,8 @@ def main(argv):
     if _MODE.value == "loop":
         res = bench.bench_vs_loop(_QUERIES.value, _INDEX.value or 20_000, _REFS.value or 200_000,
                                   _DIM.value, loop_queries=_LOOP_QUERIES.value)
+    elif _MODE.value == "ann":
+        res = bench.bench_ann(_QUERIES.value, _REFS.value or 200_000, _DIM.value)
     else:
         if not _REF_PATH.value:
             raise app.UsageError("--mode full needs --ref_path")
