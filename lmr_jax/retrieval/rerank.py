@@ -86,8 +86,8 @@ def _sorted_unions(cand: np.ndarray) -> np.ndarray:
 def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
                                top_refs: np.ndarray, *, topk: int = 30, k1: int = 10,
                                k2: int = 3, lambda_value: float = 0.5, batch_size: int = 16,
-                               chunk_size: int = search.DEFAULT_CHUNK
-                               ) -> tuple[np.ndarray, np.ndarray]:
+                               chunk_size: int = search.DEFAULT_CHUNK,
+                               timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-reciprocal refined query-to-reference similarity on each query's local set U.
 
     Args:
@@ -104,6 +104,8 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
     t0 = time.perf_counter()
     _, nn = search.topk_inner_product(np.asarray(ref_feats[distinct], np.float32), ref_feats, t,
                                       chunk_size=chunk_size)
+    if timings is not None:
+        timings["neighbour_search_s"] = round(time.perf_counter() - t0, 2)
     log.info("neighbours of %d distinct top-%d refs: %.1f s", len(distinct), t,
              time.perf_counter() - t0)
     cand = np.concatenate([first, nn[inv.reshape(first.shape)].reshape(len(q), -1)], axis=1)
@@ -140,8 +142,12 @@ def _topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
 def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np.ndarray,
                  ref_landmarks: np.ndarray, ref_countries: np.ndarray, *, k: int = 3,
                  query_kreciprocal: bool = True, topk: int = 30, batch_size: int = 16,
-                 chunk_size: int = search.DEFAULT_CHUNK) -> Tags:
-    """Query tags from the top-``k`` refs and index tags from the top-1 ref (SPEC.md 7)."""
+                 chunk_size: int = search.DEFAULT_CHUNK, timings: dict | None = None) -> Tags:
+    """Query tags from the top-``k`` refs and index tags from the top-1 ref (SPEC.md 7).
+
+    ``timings``, if given, receives the seconds of each phase.
+    """
+    timings = {} if timings is None else timings
     if len(ref_landmarks) != ref_feats.shape[0] or len(ref_countries) != ref_feats.shape[0]:
         raise ValueError(f"ref_landmarks ({len(ref_landmarks)}) and ref_countries "
                          f"({len(ref_countries)}) need one entry per ref ({ref_feats.shape[0]})")
@@ -153,14 +159,17 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
     t0 = time.perf_counter()
     q_s, q_i, index_top1 = reference_neighbours(query_feats, index_feats, ref_feats, kq,
                                                 chunk_size=chunk_size)
+    timings["reference_search_s"] = round(time.perf_counter() - t0, 2)
     log.info("reference search (%d queries + %d index x %d refs): %.1f s", len(q_s),
-             len(index_top1), n_ref, time.perf_counter() - t0)
+             len(index_top1), n_ref, timings["reference_search_s"])
     if query_kreciprocal:
         t0 = time.perf_counter()
         unions, sims = query_reference_refinement(query_feats, ref_feats, q_i, topk=topk,
-                                                  batch_size=batch_size, chunk_size=chunk_size)
+                                                  batch_size=batch_size, chunk_size=chunk_size,
+                                                  timings=timings)
+        timings["refinement_s"] = round(time.perf_counter() - t0, 2)
         log.info("k-reciprocal refinement (local sets of up to %d refs): %.1f s",
-                 unions.shape[1], time.perf_counter() - t0)
+                 unions.shape[1], timings["refinement_s"])
         sel = _topk_rows(sims, k)
         best = np.take_along_axis(unions, sel, 1)
         best_s = np.take_along_axis(sims, sel, 1)
