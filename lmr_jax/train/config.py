@@ -51,16 +51,17 @@ def stage(name: str, image_list: str, *, image_size: int, epochs: float, base_lr
     return ml_collections.ConfigDict({
         "name": name,
         "list": image_list,
-        "image_size": image_size,
-        "epochs": epochs,
-        "base_lr": base_lr,
-        "batch_size": batch_size,
-        "warmup_epochs": warmup_epochs,
-        "weight_decay": weight_decay,
-        "weight_decay_bias": weight_decay if weight_decay_bias is None else weight_decay_bias,
+        "image_size": int(image_size),
+        "epochs": float(epochs),
+        "base_lr": float(base_lr),
+        "batch_size": int(batch_size),
+        "warmup_epochs": float(warmup_epochs),
+        "weight_decay": float(weight_decay),
+        "weight_decay_bias": float(weight_decay if weight_decay_bias is None
+                                   else weight_decay_bias),
         "sampler": sampler,
-        "logit_scale": logit_scale,
-        "margin": margin,
+        "logit_scale": float(logit_scale),
+        "margin": float(margin),
         "init_from": init_from,
     })
 

@@ -410,7 +410,8 @@ class _StageRun:
         return {f"{prefix}map@100": float(result["map@100"])}
 
     def _export(self, graphdef, state, path: str, num_classes: int) -> None:
-        module = nnx.merge(graphdef, state.params, state.rest)
+        # Host copies: the export must not record this run's device topology.
+        module = nnx.merge(graphdef, _host(state.params), _host(state.rest))
         module.eval()
         meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
                 "image_size": self.sc.image_size, "config_hash": config_hash(self.config)}
