@@ -110,3 +110,46 @@ def test_eval_config_mode(setup):
     assert "| off |" in md and "landmark_country" in md and "kreciprocal" in md
     png = Image.open(work / "results.png")
     assert png.size[0] > 200 and png.size[1] > 100
+
+
+def test_eval_extracts_on_the_fly(setup, tmp_path):
+    """No feature folders: the queries and index are embedded from a checkpoint and images."""
+    from flax import nnx
+
+    from lmr_jax.models import create
+    from lmr_jax.models.checkpoint import save_model
+
+    root, _, val, _ = setup
+    ckpt = tmp_path / "ckpt"
+    save_model(ckpt, create("resnet_tiny", rngs=nnx.Rngs(0)), arch="resnet_tiny",
+               model_kwargs={})
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(f"""
+import importlib.util
+spec = importlib.util.spec_from_file_location("base", {str(REPO / 'configs/eval/gldv2_val.py')!r})
+base = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(base)
+
+def get_config():
+    c = base.get_config()
+    c.workdir = {str(tmp_path / 'work')!r}
+    c.validation = {str(root / 'validation.npz')!r}
+    c.images = {str(root / 'images')!r}
+    m = base.model("tiny", size=32, checkpoint={str(ckpt)!r})
+    m.dtype = "float32"
+    m.batch_size = 8
+    c.models = [m]
+    c.rerank = ("off",)
+    c.submission_rerank = "off"
+    c.picture.num_queries = 0
+    return c
+""")
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), f"--config={cfg}"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for role, n in (("query", 6), ("index", 30)):
+        fs = features.load_features(tmp_path / "work" / "features" / "tiny" / role)
+        assert len(fs) == n and fs.feats.shape[1] == 512
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 0.0 < summary["map@100"] <= 1.0 and summary["num_queries"] == 6
+    assert len((tmp_path / "work" / "submission.csv").read_text().splitlines()) == 7
