@@ -10,7 +10,8 @@ BatchNorm modes:
   are summed over devices; the running statistics are averaged over devices.
 
 The loss is the mean cross-entropy over the valid (label >= 0) rows of the global batch. A step
-whose loss or gradients are not finite leaves parameters and optimiser state unchanged: with
+whose loss, gradients or updated parameters are not finite leaves parameters and optimiser
+state unchanged: with
 float16 loss scaling it counts as skipped (``skipped`` + 1, the scale halves); otherwise
 ``metrics["finite"]`` is False and the trainer stops.
 """
@@ -110,9 +111,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
         if state.loss_scale is not None:
             grads = state.loss_scale.unscale(grads)
         loss = out.loss_sum / jnp.maximum(out.count, 1.0)
-        finite = all_finite(grads) & jnp.isfinite(loss)
         updates, new_opt = tx.update(grads, state.opt_state, state.params, step=state.step)
         new_params = optax.apply_updates(state.params, updates)
+        finite = all_finite(grads) & jnp.isfinite(loss) & all_finite(new_params)
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
