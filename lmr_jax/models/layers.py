@@ -345,3 +345,27 @@ class Sequential(nnx.List):
         for layer in self:
             x = layer(x)
         return x
+
+
+class FourStageBackbone(nnx.Module):
+    """A ResNet-style backbone: ``stem`` then ``layer1``..``layer4`` (nnx.Lists of blocks).
+
+    Subclasses define ``stem(x)`` and the four stages; the output is the last stage's map.
+    """
+
+    def stem(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def stage_outputs(self, x: Array) -> list[Array]:
+        """Outputs of the stem and of layer1..layer4 (five NHWC maps, in the compute dtype)."""
+        outs = [self.stem(x)]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            h = outs[-1]
+            for block in stage:
+                h = block(h)
+            outs.append(h)
+        return outs
+
+    def __call__(self, x: Array) -> Array:
+        """(B, H, W, 3) normalised images -> (B, H/16, W/16, num_features) (last_stride 1)."""
+        return self.stage_outputs(x)[-1]

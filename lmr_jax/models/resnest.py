@@ -138,7 +138,7 @@ def _make_layer(inplanes: int, planes: int, num_blocks: int, *, stride: int, dil
     return nnx.List(blocks)
 
 
-class ResNeSt(nnx.Module):
+class ResNeSt(layers.FourStageBackbone):
     """ResNeSt backbone: deep stem -> max-pool -> layer1..layer4.
 
     (B, H, W, 3) -> (B, H/16, W/16, 2048) with ``last_stride`` 1, (B, H/32, W/32, 2048)
@@ -181,20 +181,6 @@ class ResNeSt(nnx.Module):
         """(B, H, W, 3) -> (B, ~H/4, ~W/4, 2 * stem_width): deep stem, BN, ReLU, max-pool."""
         x = jax.nn.relu(self.bn1(self.conv1(x)))
         return layers.max_pool2d(x, 3, 2, 1)
-
-    def stage_outputs(self, x: Array) -> list[Array]:
-        """Outputs of the stem and of layer1..layer4 (five NHWC maps, in the compute dtype)."""
-        outs = [self.stem(x)]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            h = outs[-1]
-            for block in stage:
-                h = block(h)
-            outs.append(h)
-        return outs
-
-    def __call__(self, x: Array) -> Array:
-        """(B, H, W, 3) normalised images -> (B, H/16, W/16, 2048) (last_stride 1)."""
-        return self.stage_outputs(x)[-1]
 
 
 def _resnest(blocks: tuple[int, int, int, int], stem_width: int, *, last_stride: int,

@@ -119,7 +119,7 @@ def _shortcut(inplanes: int, outplanes: int, stride: int, kind: str, dtype: DTyp
     ])
 
 
-class ResNet(nnx.Module):
+class ResNet(layers.FourStageBackbone):
     """Bottleneck ResNet backbone without the classifier.
 
     Stem: conv 7x7/2/p3 -> BN -> ReLU -> max-pool 3x3/2/p1; then ``layer1``..``layer4`` (each an
@@ -178,20 +178,6 @@ class ResNet(nnx.Module):
         """(B, H, W, 3) -> (B, ceil(H/4), ceil(W/4), base_planes)."""
         x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
         return layers.max_pool2d(x, 3, 2, 1)
-
-    def stage_outputs(self, x: Array) -> list[Array]:
-        """Outputs of the stem and of layer1..layer4 (five NHWC maps, in the compute dtype)."""
-        outs = [self.stem(x)]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            h = outs[-1]
-            for block in stage:
-                h = block(h)
-            outs.append(h)
-        return outs
-
-    def __call__(self, x: Array) -> Array:
-        """(B, H, W, 3) -> (B, H/16, W/16, num_features) for last_stride 1."""
-        return self.stage_outputs(x)[-1]
 
 
 _IBN_A = (True, True, True, False)
