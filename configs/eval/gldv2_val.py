@@ -40,7 +40,7 @@ def get_config():
     c.images = ""  # prepared store or GLDv2 image root (on-the-fly extraction, picture)
     c.models = [model("R50", size=256)]
     c.reference = ml_collections.ConfigDict({"list": "data/gldv2_prepared/lists/full.npz"})
-    c.rerank = ("off", "landmark_country")  # also "kreciprocal"
+    c.rerank = ("off", "landmark_country", "kreciprocal")
     c.submission_rerank = "landmark_country"
     c.landmark_country = ml_collections.ConfigDict(
         {"k": 3, "alpha": 1.0, "beta": 0.1, "query_kreciprocal": True})
