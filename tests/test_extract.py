@@ -172,3 +172,13 @@ def test_two_hosts_and_two_devices_equal_single(tmp_path, model, image_list, fol
     np.testing.assert_array_equal(a.ids, c.ids)
     np.testing.assert_allclose(np.asarray(a.feats, np.float32), np.asarray(c.feats, np.float32),
                                atol=2e-3)
+
+
+def test_missing_file_is_listed(tmp_path, model, folder):
+    files = [str(folder / "img0.png"), str(tmp_path / "gone.jpg")]
+    lst = ImageList.from_files(files)
+    meta = extract.extract(model, open_source(lst, None), lst.ids, str(tmp_path / "f"),
+                           options=_opts(), progress=False)
+    assert meta["num_images"] == 1 and meta["num_failed"] == 1
+    (gone, reason), = features.failed_images(tmp_path / "f")
+    assert gone == "gone" and "OSError" in reason and "gone.jpg" in reason

@@ -120,11 +120,20 @@ class _SafePreprocess:
                     "ok": False, "error": ""}
         try:
             record = self.source[row]
+        except (OSError, ValueError) as e:  # a missing or unreadable file: reported
+            return self._bad(row, e)
+        if int(record["index"]) != row:
+            raise ValueError(f"image source returned record {record['index']} for row {row}: "
+                             "the source and the id list are not aligned")
+        try:
             out = self.pre(record)
-            return {"image": out["image"], "row": row, "ok": True, "error": ""}
-        except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
-            return {"image": np.zeros((self.size, self.size, 3), self.dtype), "row": row,
-                    "ok": False, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
+        except Exception as e:  # noqa: BLE001 - any image that does not decode is reported
+            return self._bad(row, e)
+        return {"image": out["image"], "row": row, "ok": True, "error": ""}
+
+    def _bad(self, row: int, error: Exception) -> dict:
+        return {"image": np.zeros((self.size, self.size, 3), self.dtype), "row": row,
+                "ok": False, "error": f"{type(error).__name__}: {error}".replace("\n", " ")}
 
 
 def _batches(source: Any, rows: np.ndarray, batch_size: int, config: Any, threads: int):

@@ -45,7 +45,7 @@ class RetrievalSolution:
 def _open_csv(path: str | os.PathLike):
     if not os.path.exists(path):
         raise SubmissionError(f"{path}: no such file")
-    return open(path, newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8-sig")  # tolerate a byte-order mark
 
 
 def read_retrieval_solution(path: str | os.PathLike) -> RetrievalSolution:
