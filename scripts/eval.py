@@ -7,6 +7,10 @@ Two modes:
   python scripts/eval.py --config configs/eval/gldv2_val.py [--config.workdir=...]
       features -> fused similarity -> re-ranking -> submission.csv -> metrics -> report + picture
       (see lmr_jax.retrieval.evaluate).
+  python scripts/eval.py --revisited_gnd gnd_roxford5k.pkl --revisited_queries FEATS_Q \
+      --revisited_db FEATS_DB
+      Revisited Oxford/Paris mAP (Easy/Medium/Hard) of features from scripts/extract.py (ids
+      = image names without extension, matched to the ground truth's qimlist / imlist).
 """
 
 import json
@@ -18,6 +22,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.")
 _SUBMISSION = flags.DEFINE_string("submission", None, "Kaggle retrieval submission (id,images).")
 _SOLUTION = flags.DEFINE_string("solution", None, "Retrieval solution (id,images,Usage).")
+_RGND = flags.DEFINE_string("revisited_gnd", None, "Revisited Oxford/Paris gnd_*.pkl.")
+_RQ = flags.DEFINE_string("revisited_queries", None, "Feature folder of the query images.")
+_RDB = flags.DEFINE_string("revisited_db", None, "Feature folder of the database images.")
 
 
 def main(argv):
@@ -31,6 +38,21 @@ def main(argv):
             result = score_retrieval_submission(_SUBMISSION.value, _SOLUTION.value)
         except SubmissionError as e:
             sys.exit(f"error: {e}")
+    elif _RGND.value:
+        if not (_RQ.value and _RDB.value):
+            sys.exit("--revisited_gnd needs --revisited_queries and --revisited_db")
+        from lmr_jax.retrieval import features, metrics
+        from lmr_jax.retrieval.submission import read_revisited_gnd
+
+        gnd = read_revisited_gnd(_RGND.value)
+        q = features.load_features(_RQ.value)
+        db = features.load_features(_RDB.value)
+        try:
+            qf = q.feats[features.positions_of(gnd["qimlist"], q.ids, "query images")]
+            dbf = db.feats[features.positions_of(gnd["imlist"], db.ids, "database images")]
+        except features.FeatureStoreError as e:
+            sys.exit(f"error: {e}")
+        result = metrics.revisited_from_features(qf, dbf, gnd["gnd"])
     elif _CONFIG.value is not None:
         from lmr_jax.retrieval.evaluate import run_evaluation
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,25 @@ def get_config():
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert 0.0 < summary["map@100"] <= 1.0 and summary["num_queries"] == 6
     assert len((tmp_path / "work" / "submission.csv").read_text().splitlines()) == 7
+
+
+def test_eval_revisited_mode(tmp_path):
+    db = np.eye(6, dtype=np.float32)
+    q = _unit(np.array([[6.0, 5, 4, 3, 2, 1]])).astype(np.float32)  # ranks d0, d1, ..., d5
+    order = [3, 0, 5, 1, 4, 2]  # the feature folder lists the database in another order
+    features.save_features(tmp_path / "db", [f"d{i}" for i in order], db[order], "float32")
+    features.save_features(tmp_path / "q", ["q0"], q, "float32")
+    gnd = {"imlist": [f"d{i}" for i in range(6)], "qimlist": ["q0"],
+           "gnd": [{"easy": [1], "hard": [4], "junk": [2], "bbx": None}]}
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"),
+                          f"--revisited_gnd={tmp_path / 'gnd.pkl'}",
+                          f"--revisited_queries={tmp_path / 'q'}",
+                          f"--revisited_db={tmp_path / 'db'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    # Worked by hand in test_metrics.test_revisited_map_hand_case.
+    assert out["map_easy"] == pytest.approx(0.25)
+    assert out["map_hard"] == pytest.approx(1 / 6)
+    assert out["map_medium"] == pytest.approx(((0 + 0.5) / 2 + (1 / 3 + 0.5) / 2) / 2)

@@ -221,3 +221,17 @@ def revisited_protocols(ranks: np.ndarray, gnd: Sequence[Mapping[str, Sequence[i
         for kappa, p in zip(kappas, mp, strict=True):
             out[f"mp@{kappa}_{name}"] = float(p)
     return out
+
+
+def revisited_from_features(query_feats: np.ndarray, db_feats: np.ndarray,
+                            gnd: Sequence[Mapping[str, Sequence[int]]],
+                            kappas: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Easy / Medium / Hard mAP of L2-normalised features ranked by inner product.
+
+    Args:
+      query_feats: (Q, D) in the order of the benchmark's ``qimlist``.
+      db_feats: (N, D) in the order of its ``imlist``.
+      gnd: the benchmark's per-query ground truth.
+    """
+    sims = np.asarray(query_feats, np.float32) @ np.asarray(db_feats, np.float32).T
+    return revisited_protocols(np.argsort(-sims, axis=1, kind="stable"), gnd, kappas)

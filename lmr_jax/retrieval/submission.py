@@ -229,3 +229,21 @@ def read_recognition_solution(path: str | os.PathLike) -> dict[str, list[int]]:
             except ValueError as e:
                 raise SubmissionError(f"{path}:{line}: {e}") from None
     return out
+
+
+def read_revisited_gnd(path: str | os.PathLike) -> dict:
+    """Read a Revisited Oxford/Paris ground truth (``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl``).
+
+    Returns the benchmark's dict: ``imlist`` (database image names), ``qimlist`` (query names)
+    and ``gnd`` (per query ``easy``, ``hard``, ``junk`` database indices, ``bbx``). The file is
+    a pickle, as the benchmark distributes it: only load files from a source you trust.
+    """
+    import pickle
+
+    if not os.path.exists(path):
+        raise SubmissionError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        cfg = pickle.load(f)
+    if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
+        raise SubmissionError(f"{path}: not a revisited ground truth (needs imlist, qimlist, gnd)")
+    return cfg
