@@ -85,7 +85,9 @@ def main(argv):
     meta = extract(model, source, image_list.ids, _OUT.value, options=options,
                    run_config=run_config)
     if meta is not None:
-        print(json.dumps({k: v for k, v in meta.items() if k != "config"}, sort_keys=True))
+        summary = {k: v for k, v in meta.items() if k != "config"}
+        summary["local_devices"] = jax.local_device_count()
+        print(json.dumps(summary, sort_keys=True))
 
 
 if __name__ == "__main__":

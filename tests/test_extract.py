@@ -167,7 +167,7 @@ def test_two_hosts_and_two_devices_equal_single(tmp_path, model, image_list, fol
         env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads(res.stdout.strip().splitlines()[-1])
-    assert meta["num_failed"] == 1
+    assert meta["num_failed"] == 1 and meta["local_devices"] == 2
     c = features.load_features(out)
     np.testing.assert_array_equal(a.ids, c.ids)
     np.testing.assert_allclose(np.asarray(a.feats, np.float32), np.asarray(c.feats, np.float32),
