@@ -1,7 +1,11 @@
 """GLDv2 validation (1,129 GLR2021 test queries x the expanded index, SPEC.md section 1).
 
-  python scripts/eval.py --config configs/eval/gldv2_val.py \
-      --config.models[0].checkpoint=runs/r50/final --config.images=data/gldv2_prepared
+  python scripts/eval.py --config configs/eval/gldv2_val.py:runs/r50_256/stage1/export,256 \
+      --config.images=data/gldv2_prepared/store
+
+The text after ``:`` is ``CHECKPOINT[,SIZE]``: one model, extracted on the fly at SIZE px
+(default 512). For an ensemble, copy this file and list the models in ``c.models`` (elements of
+a list cannot be overridden from the command line).
 
 Each model needs either feature folders (``query_features``, ``index_features``,
 ``ref_features`` from scripts/extract.py) or a ``checkpoint`` to extract them on the fly
@@ -32,13 +36,17 @@ def model(name: str, weight: float = 1.0, size: int = 512, checkpoint: str = ""
     })
 
 
-def get_config():
+def get_config(model_spec: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.workdir = "runs/eval/gldv2_val"
     c.validation = "data/gldv2_prepared/validation.npz"
     c.solution = ""  # optional Kaggle retrieval_solution_v2.1.csv instead of the validation GT
     c.images = ""  # prepared store or GLDv2 image root (on-the-fly extraction, picture)
-    c.models = [model("R50", size=256)]
+    if model_spec:
+        checkpoint, _, size = model_spec.partition(",")
+        c.models = [model("model", size=int(size or 512), checkpoint=checkpoint)]
+    else:
+        c.models = [model("R50", size=256)]
     c.reference = ml_collections.ConfigDict({"list": "data/gldv2_prepared/lists/full.npz"})
     c.rerank = ("off", "landmark_country", "kreciprocal")
     c.submission_rerank = "landmark_country"
