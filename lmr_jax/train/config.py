@@ -96,7 +96,6 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({
         "dir": "data/gldv2_prepared",
         "images": "",                # store or image folder; default <dir>/store
-        "exclude_rows": "",          # optional .npy of list rows never sampled; {list} = name
         "train": pipeline.default_train_config(),
     })
     c.data.train.num_workers = 8
@@ -106,7 +105,7 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     })
     c.log = ml_collections.ConfigDict({"every_steps": 50, "tensorboard": True})
     c.eval = ml_collections.ConfigDict({
-        "every_epochs": 0,           # 0: no periodic evaluation
+        "every_epochs": 0,           # 0: none; else every N epochs and at each stage end
         "at_start": False,           # also evaluate the initial model of the first stage
         "validation": "",            # ValidationSet .npz; default <data.dir>/validation.npz
         "images": "",                # store holding its images; default the training store

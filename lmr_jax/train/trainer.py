@@ -223,12 +223,9 @@ class _StageRun:
                                     f"config.stage{k}.list)")
         image_list = ImageList.load(lpath)
         source = store.open_source(image_list, image_root(config))
-        exclude = None
-        if config.data.exclude_rows:
-            exclude = np.load(config.data.exclude_rows.format(list=image_list.name))
         data_dtype = "bfloat16" if compute_dtype == jnp.bfloat16 else "float32"
         pcfg = pipeline_config(config, sc, k, data_dtype)
-        it = pipeline.make_train_iterator(source, image_list, pcfg, exclude_rows=exclude,
+        it = pipeline.make_train_iterator(source, image_list, pcfg,
                                           device_count=self.mesh.devices.size)
         try:
             return self._train(image_list, it, compute_dtype, t0)
@@ -372,9 +369,10 @@ class _StageRun:
                 handle(*pending)
                 pending = None
                 ckpt.save(done, state, self._meta(done, spe), it)
-            if epoch_end and config.eval.every_epochs and (done // spe) % config.eval.every_epochs == 0:
+            every_eval = config.eval.every_epochs
+            if every_eval and (done == total or (epoch_end and (done // spe) % every_eval == 0)):
                 evals.update(self._evaluate(graphdef, state, compute_dtype, done, spe,
-                                            f"epoch {done // spe}"))
+                                            f"epoch {done / spe:g}"))
         if pending is not None:
             handle(*pending)
         self.logger.close_bar()
