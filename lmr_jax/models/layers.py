@@ -84,8 +84,9 @@ class Conv2d(nnx.Module, TorchMapped):
 
     kernel: (kh, kw, in_channels // groups, out_channels). Input (B, H, W, in_channels) ->
     output (B, H', W', out_channels) with H' = floor((H + 2p - d(k-1) - 1) / s) + 1.
-    Ungrouped 1x1 convolutions are computed as a matrix product (with stride by slicing):
-    the same arithmetic, but XLA:CPU computes their weight gradient several times faster.
+    Ungrouped 1x1 convolutions are computed as one flat matrix product (with stride by
+    slicing): the same arithmetic, but XLA:CPU computes their weight gradient several times
+    faster than a convolution's (docs/benchmarks.md, Training).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
@@ -118,7 +119,9 @@ class Conv2d(nnx.Module, TorchMapped):
         if kh == 1 and kw == 1 and self.groups == 1 and self.padding == 0:
             if self.stride > 1:
                 x = x[:, ::self.stride, ::self.stride, :]
-            y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
+            # A flat (B*H*W, C) x (C, O) product: no layout copies in the weight gradient.
+            b, h, w, c = x.shape
+            y = jnp.dot(x.reshape(b * h * w, c), kernel[0, 0]).reshape(b, h, w, -1)
         else:
             p = self.padding
             y = lax.conv_general_dilated(
