@@ -181,14 +181,9 @@ def main_json(result: dict) -> str:
 
 def images_per_second(step, batch: int, repeats: int = 10, warmup: int = 2) -> float:
     """Median images/s of ``step()`` (one batch of ``batch`` images, synchronised on return)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return batch / float(np.median(times))
+    from lmr_jax.bench import median_seconds
+
+    return batch / median_seconds(step, steps=repeats, warmup=warmup)
 
 
 def bench_jax_forward(arch: str = "resnet50", batch: int = 8, size: int = 384,

@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,31 +48,44 @@ def _open_csv(path: str | os.PathLike):
     return open(path, newline="", encoding="utf-8-sig")  # tolerate a byte-order mark
 
 
+def _csv_rows(path: str | os.PathLike, header: Sequence[str], *,
+              exact_columns: bool = True) -> Iterator[tuple[int, list[str]]]:
+    """The rows of a Kaggle CSV after its header, with their 1-based line numbers.
+
+    The header must start with ``header``; empty rows are skipped; with ``exact_columns`` every
+    row must have ``len(header)`` columns. Errors name ``path:line``.
+    """
+    names = ",".join(header)
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        got = next(reader, None)
+        if got is None or [h.strip() for h in got[:len(header)]] != list(header):
+            raise SubmissionError(f"{path}:1: expected header '{names}', got {got}")
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if exact_columns and len(row) != len(header):
+                raise SubmissionError(f"{path}:{line}: expected {len(header)} columns "
+                                      f"'{names}', got {len(row)}")
+            yield line, row
+
+
 def read_retrieval_solution(path: str | os.PathLike) -> RetrievalSolution:
     """Read ``id,images,Usage`` (GLDv2 retrieval solution) into a :class:`RetrievalSolution`."""
     public: dict[str, list[str]] = {}
     private: dict[str, list[str]] = {}
     ignored: set[str] = set()
-    with _open_csv(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["id", "images", "Usage"]:
-            raise SubmissionError(f"{path}:1: expected header 'id,images,Usage', got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 3:
-                raise SubmissionError(f"{path}:{line}: expected 3 columns, got {len(row)}")
-            qid, images, usage = (c.strip() for c in row)
-            if usage == "Ignored":
-                ignored.add(qid)
-                continue
-            if usage not in ("Public", "Private"):
-                raise SubmissionError(f"{path}:{line}: Usage must be one of {USAGES}, got {usage!r}")
-            gt = images.split()
-            if not gt or gt == ["None"]:
-                raise SubmissionError(f"{path}:{line}: {usage} query {qid} has no ground truth")
-            (public if usage == "Public" else private)[qid] = gt
+    for line, row in _csv_rows(path, ("id", "images", "Usage")):
+        qid, images, usage = (c.strip() for c in row)
+        if usage == "Ignored":
+            ignored.add(qid)
+            continue
+        if usage not in ("Public", "Private"):
+            raise SubmissionError(f"{path}:{line}: Usage must be one of {USAGES}, got {usage!r}")
+        gt = images.split()
+        if not gt or gt == ["None"]:
+            raise SubmissionError(f"{path}:{line}: {usage} query {qid} has no ground truth")
+        (public if usage == "Public" else private)[qid] = gt
     if not public and not private:
         raise SubmissionError(f"{path}: no Public or Private query")
     return RetrievalSolution(public, private, ignored)
@@ -92,31 +105,22 @@ def read_retrieval_submission(path: str | os.PathLike, solution: RetrievalSoluti
     known = solution.all if solution is not None else None
     preds: dict[str, list[str]] = {}
     cut = 0
-    with _open_csv(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["id", "images"]:
-            raise SubmissionError(f"{path}:1: expected header 'id,images', got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise SubmissionError(f"{path}:{line}: expected 2 columns 'id,images', got {len(row)}")
-            qid, images = row[0].strip(), row[1].split()
-            if not qid:
-                raise SubmissionError(f"{path}:{line}: empty query id")
-            if solution is not None and qid in solution.ignored:
-                continue
-            if known is not None and qid not in known:
-                raise SubmissionError(f"{path}:{line}: query id {qid!r} is not in the solution")
-            if not images:
-                raise SubmissionError(f"{path}:{line}: query {qid} has no predicted image")
-            if qid in preds:
-                raise SubmissionError(f"{path}:{line}: query {qid} is listed twice")
-            if len(images) > max_predictions:
-                cut += 1
-                images = images[:max_predictions]
-            preds[qid] = images
+    for line, row in _csv_rows(path, ("id", "images")):
+        qid, images = row[0].strip(), row[1].split()
+        if not qid:
+            raise SubmissionError(f"{path}:{line}: empty query id")
+        if solution is not None and qid in solution.ignored:
+            continue
+        if known is not None and qid not in known:
+            raise SubmissionError(f"{path}:{line}: query id {qid!r} is not in the solution")
+        if not images:
+            raise SubmissionError(f"{path}:{line}: query {qid} has no predicted image")
+        if qid in preds:
+            raise SubmissionError(f"{path}:{line}: query {qid} is listed twice")
+        if len(images) > max_predictions:
+            cut += 1
+            images = images[:max_predictions]
+        preds[qid] = images
     if cut:
         log.warning("%s: %d rows had more than %d ids; cut to the first %d", path, cut,
                     max_predictions, max_predictions)
@@ -163,25 +167,16 @@ def write_recognition_submission(path: str | os.PathLike,
 def read_recognition_submission(path: str | os.PathLike) -> dict[str, tuple[int, float]]:
     """Read ``id,landmarks``; rows with an empty prediction are left out."""
     out: dict[str, tuple[int, float]] = {}
-    with _open_csv(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["id", "landmarks"]:
-            raise SubmissionError(f"{path}:1: expected header 'id,landmarks', got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise SubmissionError(f"{path}:{line}: expected 2 columns, got {len(row)}")
-            parts = row[1].split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise SubmissionError(f"{path}:{line}: expected '<landmark> <score>', got {row[1]!r}")
-            try:
-                out[row[0].strip()] = (int(parts[0]), float(parts[1]))
-            except ValueError as e:
-                raise SubmissionError(f"{path}:{line}: {e}") from None
+    for line, row in _csv_rows(path, ("id", "landmarks")):
+        parts = row[1].split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise SubmissionError(f"{path}:{line}: expected '<landmark> <score>', got {row[1]!r}")
+        try:
+            out[row[0].strip()] = (int(parts[0]), float(parts[1]))
+        except ValueError as e:
+            raise SubmissionError(f"{path}:{line}: {e}") from None
     return out
 
 
@@ -213,21 +208,14 @@ def read_recognition_solution(path: str | os.PathLike) -> dict[str, list[int]]:
     Ignored rows are left out; the returned dict maps query id -> ground-truth landmark ids.
     """
     out: dict[str, list[int]] = {}
-    with _open_csv(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["id", "landmarks"]:
-            raise SubmissionError(f"{path}:1: expected header 'id,landmarks[,Usage]', got {header}")
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) > 2 and row[2].strip() == "Ignored":
-                continue
-            parts = [p for p in row[1].split() if p != "None"]
-            try:
-                out[row[0].strip()] = [int(p) for p in parts]
-            except ValueError as e:
-                raise SubmissionError(f"{path}:{line}: {e}") from None
+    for line, row in _csv_rows(path, ("id", "landmarks"), exact_columns=False):
+        if len(row) > 2 and row[2].strip() == "Ignored":
+            continue
+        parts = [p for p in row[1].split() if p != "None"]
+        try:
+            out[row[0].strip()] = [int(p) for p in parts]
+        except ValueError as e:
+            raise SubmissionError(f"{path}:{line}: {e}") from None
     return out
 
 
