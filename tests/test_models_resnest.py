@@ -70,13 +70,6 @@ def build_pair(arch: str, seed: int, last_stride: int = 1, dtype=jnp.float32):
     return ref, model
 
 
-def torch_forward(ref: common.RetrievalHead, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Stage outputs (NHWC) and embedding of the torch whole model."""
-    with torch.no_grad():
-        stages = ref.base.stages(common.nhwc_to_nchw(x))
-        emb = ref.fcneck_bn(ref.fcneck(common.gem(stages[-1])))
-    return [common.nchw_to_nhwc(s) for s in stages], emb.numpy()
-
 
 def _stages(model, x: np.ndarray) -> list[jax.Array]:
     return model.base.stage_outputs(jnp.asarray(x))
@@ -96,7 +89,7 @@ def parity(request):
     results = {}
     for i, size in enumerate(SIZES):
         x = make_inputs(size, seed=10 + i)
-        results[size] = (torch_forward(ref, x), nnx_forward(model, x))
+        results[size] = (common.torch_forward(ref, x), nnx_forward(model, x))
     return arch, ref, model, results
 
 
@@ -160,7 +153,7 @@ def test_last_stride_2_standard_layout():
     shortcut pool, dilation 1): output stride 32, odd maps at 66x58."""
     ref, model = build_pair("resnest50", seed=3, last_stride=2)
     x = make_inputs(SIZES[1], seed=4)
-    t_stages, t_emb = torch_forward(ref, x)
+    t_stages, t_emb = common.torch_forward(ref, x)
     j_stages, j_emb = nnx_forward(model, x)
     assert j_stages[-1].shape == t_stages[-1].shape == (BATCH, 3, 2, 2048)
     for t, j in ((t_stages[-1], j_stages[-1]), (t_emb, j_emb)):
@@ -203,7 +196,7 @@ def test_bfloat16_jit_forward_close_to_float32():
     model; maps are bfloat16, the embedding float32."""
     ref, model = build_pair("resnest50", seed=7, dtype=jnp.bfloat16)
     x = make_inputs(SIZES[0], seed=8)
-    _, t_emb = torch_forward(ref, x)
+    _, t_emb = common.torch_forward(ref, x)
     stages, emb = nnx.jit(lambda m, x: (m.base.stage_outputs(x), m(x)))(model, jnp.asarray(x))
     assert stages[-1].dtype == jnp.bfloat16 and emb.dtype == jnp.float32
     rel, _ = common.rel_err(np.asarray(emb), t_emb)

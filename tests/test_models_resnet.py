@@ -59,14 +59,6 @@ def build_pair(arch: str, seed: int, last_stride: int = 1, dtype=jnp.float32):
     return ref, model
 
 
-def torch_forward(ref: common.RetrievalHead, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Stage outputs (NHWC) and embedding of the torch whole model."""
-    with torch.no_grad():
-        xt = common.nhwc_to_nchw(x)
-        stages = ref.base.stages(xt)
-        emb = ref.fcneck_bn(ref.fcneck(common.gem(stages[-1])))
-    return [common.nchw_to_nhwc(s) for s in stages], emb.numpy()
-
 
 def nnx_forward(model, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Stage outputs and embedding of the NNX model (each BN is called exactly once)."""
@@ -82,7 +74,7 @@ def parity(request):
     results = {}
     for i, size in enumerate(SIZES[arch]):
         x = common.structured_inputs(BATCH, size, seed=10 + i)
-        results[size] = (torch_forward(ref, x), nnx_forward(model, x), model(jnp.asarray(x)))
+        results[size] = (common.torch_forward(ref, x), nnx_forward(model, x), model(jnp.asarray(x)))
     return arch, ref, model, results
 
 
@@ -177,7 +169,7 @@ def test_last_stride_2():
     assert {"layer4.0.downsample.1.weight", "layer4.0.downsample.2.running_var"} <= keys
     assert keys == set(common.state_shapes(ref.base))
     x = common.structured_inputs(BATCH, 64, seed=4)
-    t_stages, t_emb = torch_forward(ref, x)
+    t_stages, t_emb = common.torch_forward(ref, x)
     j_stages, j_emb = nnx_forward(model, x)
     assert j_stages[-1].shape == t_stages[-1].shape == (BATCH, 2, 2, 2048)
     for t, j in ((t_stages[-1], j_stages[-1]), (t_emb, j_emb)):
@@ -261,7 +253,7 @@ def test_gradients_under_jit_match_torch():
 def test_bfloat16_forward_close_to_float32():
     ref, model = build_pair("resnet50", seed=7, dtype=jnp.bfloat16)
     x = common.structured_inputs(BATCH, 64, seed=8)
-    _, t_emb = torch_forward(ref, x)
+    _, t_emb = common.torch_forward(ref, x)
     stages = model.base.stage_outputs(jnp.asarray(x))
     assert stages[-1].dtype == jnp.bfloat16
     emb = model(jnp.asarray(x))

@@ -131,3 +131,11 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     b = np.asarray(b, np.float64)
     return (float(np.linalg.norm(a - b) / np.linalg.norm(b)),
             float(np.max(np.abs(a - b)) / np.max(np.abs(b))))
+
+
+def torch_forward(ref: RetrievalHead, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Stage outputs (NHWC) and embedding of a torch whole model on NHWC inputs."""
+    with torch.no_grad():
+        stages = ref.base.stages(nhwc_to_nchw(x))
+        emb = ref.fcneck_bn(ref.fcneck(gem(stages[-1])))
+    return [nchw_to_nhwc(s) for s in stages], emb.numpy()
