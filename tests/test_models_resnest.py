@@ -31,6 +31,7 @@ from torch_reference.resnest import TorchResNeSt
 
 from lmr_jax.convert.mapping import export_torch_state, load_torch_state, torch_key_map
 from lmr_jax.models import create, list_models
+from lmr_jax.models.registry import zero_initialised
 
 TOL = 1e-4
 BATCH = 2
@@ -51,10 +52,7 @@ def make_inputs(size: tuple[int, int], seed: int, batch: int = BATCH) -> np.ndar
 
 def build_untrained(name: str, **options) -> nnx.Module:
     """``create(name)`` with zero parameters instead of a random initialisation (all loaded)."""
-    abstract = nnx.eval_shape(lambda: create(name, rngs=nnx.Rngs(0), **options))
-    graphdef, state = nnx.split(abstract)
-    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state)
-    return nnx.merge(graphdef, state)
+    return zero_initialised(lambda: create(name, rngs=nnx.Rngs(0), **options))
 
 
 def build_pair(arch: str, seed: int, last_stride: int = 1, dtype=jnp.float32):

@@ -22,6 +22,7 @@ from torch_reference import resnet as torch_resnet
 
 from lmr_jax.convert.mapping import export_torch_state, load_torch_state, torch_key_map
 from lmr_jax.models import create, list_models
+from lmr_jax.models.registry import zero_initialised
 from lmr_jax.models.resnet import SHORTCUT_AVGPOOL, ResNet
 
 TOL = 1e-4
@@ -43,10 +44,7 @@ NECK_KEYS = {"fcneck.weight", "fcneck_bn.weight", "fcneck_bn.bias", "fcneck_bn.r
 
 def build_untrained(name: str, **options) -> nnx.Module:
     """``create(name)`` without random initialisation (zeros; every entry is then loaded)."""
-    abstract = nnx.eval_shape(lambda: create(name, rngs=nnx.Rngs(0), **options))
-    graphdef, state = nnx.split(abstract)
-    state = jax.tree.map(lambda s: jnp.asarray(np.zeros(s.shape, s.dtype)), state)
-    return nnx.merge(graphdef, state)
+    return zero_initialised(lambda: create(name, rngs=nnx.Rngs(0), **options))
 
 
 def build_pair(arch: str, seed: int, last_stride: int = 1, dtype=jnp.float32):

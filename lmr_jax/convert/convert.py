@@ -26,7 +26,6 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -264,11 +263,8 @@ def _create_with_placeholder_backbone(arch: str, kwargs: Mapping[str, Any],
     create_kwargs = dict(kwargs)
     last_stride = create_kwargs.pop("last_stride", 1)
     dtype = create_kwargs.get("dtype", jnp.float32)
-    abstract = nnx.eval_shape(lambda: registry.create_backbone(
+    backbone = registry.zero_initialised(lambda: registry.create_backbone(
         arch, last_stride=last_stride, dtype=dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    state = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype)), state)
-    backbone = nnx.merge(graphdef, state)
     return heads.RetrievalModel(backbone, rngs=rngs, **create_kwargs)
 
 
