@@ -129,17 +129,24 @@ def _check_unique(ids: np.ndarray, lines: np.ndarray, path: Path) -> None:
         raise GldFormatError(f"{path}:{lines[b]}: image {ids[b]} already listed at line {lines[a]}")
 
 
-def read_train_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """train.csv -> ids (N,) str, landmark ids (N,) int64 in file order."""
+def _read_image_landmarks(path: str | os.PathLike, columns: tuple[str, ...]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """A CSV whose first column is an image id and last a landmark id -> (ids, landmark ids)
+    in file order, ids checked unique."""
     path = Path(path)
     ids, lids, lines = [], [], []
-    for line, (image_id, _url, lid) in _rows(path, ("id", "url", "landmark_id")):
-        ids.append(_image_id(image_id, f"{path}:{line}"))
-        lids.append(_landmark_id(lid, f"{path}:{line}"))
+    for line, row in _rows(path, columns):
+        ids.append(_image_id(row[0], f"{path}:{line}"))
+        lids.append(_landmark_id(row[-1], f"{path}:{line}"))
         lines.append(line)
     ids_a = np.asarray(ids, dtype=str)
     _check_unique(ids_a, np.asarray(lines), path)
     return ids_a, np.asarray(lids, dtype=np.int64)
+
+
+def read_train_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """train.csv -> ids (N,) str, landmark ids (N,) int64 in file order."""
+    return _read_image_landmarks(path, ("id", "url", "landmark_id"))
 
 
 def read_train_clean(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
@@ -172,15 +179,7 @@ def read_label_to_category(path: str | os.PathLike) -> list[tuple[int, str]]:
 
 def read_image_to_landmark(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """index_image_to_landmark.csv -> ids (N,) str, index landmark ids (N,) int64."""
-    path = Path(path)
-    ids, lids, lines = [], [], []
-    for line, (image_id, lid) in _rows(path, ("id", "landmark_id")):
-        ids.append(_image_id(image_id, f"{path}:{line}"))
-        lids.append(_landmark_id(lid, f"{path}:{line}"))
-        lines.append(line)
-    ids_a = np.asarray(ids, dtype=str)
-    _check_unique(ids_a, np.asarray(lines), path)
-    return ids_a, np.asarray(lids, dtype=np.int64)
+    return _read_image_landmarks(path, ("id", "landmark_id"))
 
 
 def read_id_list(path: str | os.PathLike) -> np.ndarray:
