@@ -6,7 +6,6 @@ Backbone modules register a builder with ``@register_backbone(name)``; a builder
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,25 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-_BACKBONES: dict[str, Callable[..., nnx.Module]] = {}
+from lmr_jax.registry import Registry
+
 _BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest")
-
-
-def register_backbone(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
-    """Decorator registering a backbone builder under ``name``."""
-
-    def wrap(builder: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _BACKBONES[name] = builder
-        return builder
-
-    return wrap
-
-
-def _load_builtin() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+BACKBONES: Registry[Callable[..., nnx.Module]] = Registry("backbone", _BUILTIN_MODULES)
+register_backbone = BACKBONES.register
 
 
 def zero_initialised(build: Callable[[], nnx.Module]) -> nnx.Module:
@@ -48,18 +33,14 @@ def zero_initialised(build: Callable[[], nnx.Module]) -> nnx.Module:
 
 def list_models() -> list[str]:
     """Names accepted by ``create``."""
-    _load_builtin()
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, *, last_stride: int = 1, dtype: Any = jnp.float32,
                     rngs: nnx.Rngs | None = None) -> nnx.Module:
     """Builds the backbone ``name`` alone (output: (B, H/16, W/16, C) for last_stride 1)."""
-    _load_builtin()
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BACKBONES))}")
-    return _BACKBONES[name](last_stride=last_stride, dtype=dtype,
-                            rngs=rngs if rngs is not None else nnx.Rngs(0))
+    return BACKBONES.build(name, last_stride=last_stride, dtype=dtype,
+                           rngs=rngs if rngs is not None else nnx.Rngs(0))
 
 
 def create(name: str, *, last_stride: int = 1, embed_dim: int = 512, pooling: str = "gem",
