@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 _BACKBONES: dict[str, Callable[..., nnx.Module]] = {}
-_BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest")
+_BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest", "lmr_jax.models.resnet_vd",
+                    "lmr_jax.models.inception_v4")
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
