@@ -16,10 +16,9 @@ Models (all convs without bias, BN eps 1e-5, inference with the running statisti
   64-group 3x3 convs, no expansion (block outputs = inner widths 256/512/1024/2048) and a
   squeeze-and-excitation gate with biases (reduction 16) on every residual branch.
 
-Attribute names follow timm's ``resnet*d`` layout (``conv1`` is the stem Sequential with
-indices 0/1/3/4/6, ``bn1``, ``layer1``..``layer4``, ``downsample.1`` / ``downsample.2``), so a
-timm ``resnet152d`` / ``resnet200d`` state_dict maps by name; Paddle checkpoints are mapped by
-``lmr_jax.convert.paddle``.
+Attribute names follow the layout of timm's ``resnet*d`` models (``conv1`` is the stem
+Sequential with indices 0/1/3/4/6, ``bn1``, ``layer1``..``layer4``, ``downsample.1`` /
+``downsample.2``); Paddle checkpoints are mapped onto them by ``lmr_jax.convert.paddle_names``.
 
 ``last_stride``: Baidu's models use 2 (output stride 32, the default here). With 1, layer4
 keeps the resolution (output stride 16) and its first block's shortcut has no average pool
