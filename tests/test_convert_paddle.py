@@ -422,3 +422,12 @@ def test_check_rejects_a_map_that_does_not_cover_the_model():
     entries = model_entries(model.base, "resnet_vd", head="retrieval")
     with pytest.raises(ValueError, match="does not cover"):
         check_paddle_state(model, {}, entries[:-1])
+
+
+def test_integer_weights_are_refused():
+    model = zero_initialised(CASES["softmax_v2"][1])
+    entries = model_entries(model.base, "resnet_vd", head="softmax_v2")
+    arrays = paddle_format.read_variable_dir(str(DATA / "softmax_v2"))
+    arrays["fc_0.b_0"] = arrays["fc_0.b_0"].astype(np.int32)
+    with pytest.raises(ValueError, match=r"not floating point: fc_0.b_0 \(int32\)"):
+        load_paddle_state(model, arrays, entries)

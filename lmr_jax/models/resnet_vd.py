@@ -4,9 +4,10 @@
 
 * stem: three 3x3 conv-BN-ReLU (the first with stride 2), then max-pool 3x3/2/1;
 * the stride of a stage sits on the bottleneck's 3x3 conv (v1.5);
-* projection shortcuts: the first block of the first stage uses a plain 1x1 conv + BN at
-  stride 1; the first block of every strided stage averages 2x2 windows with stride 2
-  (padded cells not counted) before its 1x1 conv + BN at stride 1.
+* projection shortcuts wherever the stride or the channel count changes (the first block of
+  every stage in Baidu's models): in the first stage a plain 1x1 conv + BN at stride 1; in a
+  strided stage an average of 2x2 windows with stride 2 (padded cells not counted) before the
+  1x1 conv + BN at stride 1.
 
 Models (all convs without bias, BN eps 1e-5, inference with the running statistics):
 
