@@ -18,6 +18,8 @@ shortcut pool equals the ceil mode both implementations use).
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +227,42 @@ def test_last_stride_1_keeps_layer4_resolution():
     inc = nnx.eval_shape(lambda: InceptionV4(last_stride=1, rngs=nnx.Rngs(0)))
     out = nnx.eval_shape(lambda m: m(jnp.zeros((1, 107, 83, 3))), inc)
     assert out.shape == (1, 5, 3, 1536)  # reduction-A gives 5 x 3, reduction-B keeps it
+
+
+def test_layers_match_paddle_ops():
+    """The lmr_jax layers give Paddle's own outputs (tests/data/paddle/ops.npz, written by real
+    Paddle) for the semantics the ports rely on, on an odd-sized 9x11 input: the (1, 7) conv
+    padded (0, 3), the unpadded 3x3/2 conv, BN + ReLU with the moving statistics, the exclusive
+    3x3/1/1 average pool, the unpadded 3x3/2 max pool and the ceil-mode exclusive 2x2/2 pool."""
+    from lmr_jax.models import layers
+    from lmr_jax.models.inception_v4 import ConvBNReLU
+
+    with np.load(pathlib.Path(__file__).parent / "data" / "paddle" / "ops.npz") as f:
+        data = {k: f[k] for k in f.files}
+    x = jnp.asarray(data["__input__"].astype(np.float32).transpose(0, 2, 3, 1))
+
+    def nchw(y):
+        return np.asarray(y).transpose(0, 3, 1, 2)
+
+    conv_1x7 = ConvBNReLU(4, 5, (1, 7), padding=(0, 3), rngs=nnx.Rngs(0))
+    conv_1x7.conv.kernel[...] = jnp.asarray(data["conv_1x7_weights"].transpose(2, 3, 1, 0))
+    for attr, name in (("scale", "bn_scale"), ("bias", "bn_offset"), ("mean", "bn_mean"),
+                       ("var", "bn_variance")):
+        getattr(conv_1x7.bn, attr)[...] = jnp.asarray(data[name])
+    conv_1x7.eval()
+    conv_3x3 = layers.Conv2d(4, 3, 3, stride=2, rngs=nnx.Rngs(0))
+    conv_3x3.kernel[...] = jnp.asarray(data["conv_3x3_s2_weights"].transpose(2, 3, 1, 0))
+    got = {
+        "conv_1x7": conv_1x7.conv(x),
+        "bn_relu": conv_1x7(x),
+        "conv_3x3_s2": conv_3x3(x),
+        "avg_3x3_exclusive": layers.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
+        "max_3x3_s2": layers.max_pool2d(x, 3, 2, 0),
+        "avg_2x2_ceil_exclusive": layers.AvgPool2d(2, 2, ceil_mode=True,
+                                                   count_include_pad=False)(x),
+    }
+    for name, value in got.items():
+        assert_close(nchw(value), data[f"__{name}__"], name)
+    # Exclusive counting matters here: the padded (inclusive) average differs at the border.
+    inclusive = nchw(layers.avg_pool2d(x, 3, 1, 1, count_include_pad=True))
+    assert common.rel_err(inclusive, data["__avg_3x3_exclusive__"])[1] > 0.05

@@ -29,6 +29,8 @@ Paddle's own naming rules name the variables), and saved with Paddle's own save 
 * ``*.npz``: the arrays Paddle held when it saved (read back from its scope), the forward input
   (``__input__``, batch 2, float16 values, fed in the model's dtype) and Paddle's output
   (``__output__``) of the reduced networks;
+* ``ops.npz``: Paddle's outputs of single layers on an odd-sized input (asymmetric padded
+  conv, unpadded strided conv, BN + ReLU, exclusive and ceil-mode average pools, max pool);
 * ``full_names.json.gz``: name and shape of every persistable of the full-size programs
   (ResNet-152/200-vd named, ResNet-152-vd numbered, SE-ResNeXt-152-vd, Inception-v4 with the
   512-d fc; ResNet-152-vd softmax v1 / v2 with 1000 classes), built but not run or saved;
@@ -367,6 +369,46 @@ def write_json_gz(path, table):
         f.write((json.dumps(table, separators=(",", ":")) + "\n").encode())
 
 
+def make_ops_fixture():
+    """The layer semantics the Inception-v4 and vd ports rely on, on an odd-sized input:
+    a (1, 7) conv padded (0, 3), an unpadded 3x3/2 conv, BN + ReLU, the exclusive 3x3/1/1
+    average pool, the unpadded 3x3/2 max pool and the ceil-mode exclusive 2x2/2 average pool."""
+    rng = np.random.default_rng(8)
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        x = paddle.static.data("image", [None, 4, 9, 11], "float32")
+        outs = {
+            "conv_1x7": paddle.static.nn.conv2d(
+                x, 5, (1, 7), padding=(0, 3), bias_attr=False,
+                param_attr=paddle.ParamAttr(name="conv_1x7_weights")),
+            "conv_3x3_s2": paddle.static.nn.conv2d(
+                x, 3, 3, stride=2, padding=0, bias_attr=False,
+                param_attr=paddle.ParamAttr(name="conv_3x3_s2_weights")),
+            "avg_3x3_exclusive": F.avg_pool2d(x, 3, 1, 1, exclusive=True),
+            "max_3x3_s2": F.max_pool2d(x, 3, 2, 0),
+            "avg_2x2_ceil_exclusive": F.avg_pool2d(x, 2, 2, 0, ceil_mode=True, exclusive=True),
+        }
+        outs["bn_relu"] = paddle.static.nn.batch_norm(
+            outs["conv_1x7"], act="relu", epsilon=1e-5, is_test=True,
+            param_attr=paddle.ParamAttr(name="bn_scale"),
+            bias_attr=paddle.ParamAttr(name="bn_offset"), moving_mean_name="bn_mean",
+            moving_variance_name="bn_variance")
+        test = main.clone(for_test=True)
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    scope = paddle.static.Scope()
+    with paddle.static.scope_guard(scope):
+        exe.run(startup)
+        randomise(main, scope, rng)
+        inp = rng.standard_normal((2, 4, 9, 11)).astype(np.float16)
+        names = list(outs)
+        results = exe.run(test, feed={"image": inp.astype(np.float32)},
+                          fetch_list=[outs[n] for n in names])
+        arrays = scope_arrays(main, scope)
+    np.savez_compressed(OUT / "ops.npz", __input__=inp, **arrays,
+                        **{f"__{n}__": np.asarray(r) for n, r in zip(names, results)})
+    print("ops", {n: np.asarray(r).shape for n, r in zip(names, results)})
+
+
 def full_names():
     programs = {
         "resnet152_vd/named/retrieval": (lambda x: head(resnet_vd(
@@ -435,6 +477,7 @@ def main():
                                      "softmax_v2", classes=7),
         (3, 32, 32), seed=5)
     make_dtype_fixture()
+    make_ops_fixture()
     full_names()
     paddleclas_names()
 
