@@ -405,8 +405,8 @@ def make_ops_fixture():
                           fetch_list=[outs[n] for n in names])
         arrays = scope_arrays(main, scope)
     np.savez_compressed(OUT / "ops.npz", __input__=inp, **arrays,
-                        **{f"__{n}__": np.asarray(r) for n, r in zip(names, results)})
-    print("ops", {n: np.asarray(r).shape for n, r in zip(names, results)})
+                        **{f"__{n}__": np.asarray(r) for n, r in zip(names, results, strict=True)})
+    print("ops", {n: np.asarray(r).shape for n, r in zip(names, results, strict=True)})
 
 
 def full_names():
