@@ -84,25 +84,29 @@ class Conv2d(nnx.Module, TorchMapped):
 
     kernel: (kh, kw, in_channels // groups, out_channels). Input (B, H, W, in_channels) ->
     output (B, H', W', out_channels) with H' = floor((H + 2p - d(k-1) - 1) / s) + 1.
+    ``kernel_size`` and ``padding`` are an int or an (h, w) pair, as in PyTorch (padding
+    symmetric per axis).
     Ungrouped 1x1 convolutions are computed as one flat matrix product (with stride by
     slicing): the same arithmetic, but XLA:CPU computes their weight gradient several times
     faster than a convolution's (docs/benchmarks.md, Training).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
-                 stride: int = 1, padding: int = 0, dilation: int = 1, groups: int = 1,
-                 use_bias: bool = False, dtype: DType = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 *, stride: int = 1, padding: int | tuple[int, int] = 0, dilation: int = 1,
+                 groups: int = 1, use_bias: bool = False, dtype: DType = jnp.float32,
+                 rngs: nnx.Rngs):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"channels {in_channels}->{out_channels} not divisible by groups={groups}")
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         self.stride = stride
-        self.padding = padding
+        self.padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
         self.dilation = dilation
         self.groups = groups
         self.dtype = dtype
-        fan_in = in_channels // groups * kernel_size * kernel_size
+        fan_in = in_channels // groups * kh * kw
         # Kaiming-normal (fan_out), as torchvision and the reference code initialise convs.
-        fan_out = out_channels * kernel_size * kernel_size
-        shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
+        fan_out = out_channels * kh * kw
+        shape = (kh, kw, in_channels // groups, out_channels)
         self.kernel = nnx.Param(
             jax.random.normal(rngs.params(), shape, jnp.float32) * np.sqrt(2.0 / fan_out))
         self.bias = nnx.Param(_torch_uniform(rngs, (out_channels,), fan_in)) if use_bias else None
@@ -116,17 +120,17 @@ class Conv2d(nnx.Module, TorchMapped):
         kernel = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
         kh, kw = kernel.shape[:2]
-        if kh == 1 and kw == 1 and self.groups == 1 and self.padding == 0:
+        if kh == 1 and kw == 1 and self.groups == 1 and self.padding == (0, 0):
             if self.stride > 1:
                 x = x[:, ::self.stride, ::self.stride, :]
             # A flat (B*H*W, C) x (C, O) product: no layout copies in the weight gradient.
             b, h, w, c = x.shape
             y = jnp.dot(x.reshape(b * h * w, c), kernel[0, 0]).reshape(b, h, w, -1)
         else:
-            p = self.padding
+            ph, pw = self.padding
             y = lax.conv_general_dilated(
                 x, kernel, window_strides=(self.stride, self.stride),
-                padding=((p, p), (p, p)), rhs_dilation=(self.dilation, self.dilation),
+                padding=((ph, ph), (pw, pw)), rhs_dilation=(self.dilation, self.dilation),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=self.groups)
         if self.bias is not None:

@@ -15,7 +15,8 @@ from flax import nnx
 
 from lmr_jax.registry import Registry
 
-_BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest")
+_BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest", "lmr_jax.models.resnet_vd",
+                    "lmr_jax.models.inception_v4")
 BACKBONES: Registry[Callable[..., nnx.Module]] = Registry("backbone", _BUILTIN_MODULES)
 register_backbone = BACKBONES.register
 
