@@ -116,23 +116,23 @@ def test_extract_command_equals_reference(tmp_path, folder, reference_and_checkp
 
 def test_embedding_path_equals_reference_on_the_same_pixels(folder, reference_and_checkpoint):
     """The embedding path alone (views, sum, normalisation), fed the reference's own pixels."""
-    import jax.numpy as jnp
+    import jax
+    from jax.sharding import Mesh
 
     from lmr_jax.models.checkpoint import load_model
     from lmr_jax.retrieval import embedding
 
     ref_model, ckpt = reference_and_checkpoint
     model = load_model(ckpt)[0]
-    model.eval()
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     files = sorted(folder.iterdir())
-    for size in (160, 208):
+    for size, multiscale in ((160, False), (208, True)):
         x = []
         for f in files:
             img = cv2.cvtColor(cv2.resize(cv2.imread(str(f)), (size, size)), cv2.COLOR_BGR2RGB)
             x.append((img.astype(np.float32) - MEAN_255) / 57.0)
-        for multiscale in (False, True):
-            got = np.asarray(embedding.embed_views(model, jnp.asarray(np.stack(x)),
-                                                   scales=SCALES if multiscale else (1.0,)))
-            want = reference_features(ref_model, files, size, multiscale)
-            cos = np.sum(got.astype(np.float64) * want, axis=1)
-            assert np.all(cos > 0.99999), (size, multiscale, cos)
+        embed = embedding.make_embed_fn(model, mesh, scales=SCALES if multiscale else (1.0,))
+        got = np.asarray(embed(np.stack(x)))
+        want = reference_features(ref_model, files, size, multiscale)
+        cos = np.sum(got.astype(np.float64) * want, axis=1)
+        assert np.all(cos > 0.99999), (size, multiscale, cos)
