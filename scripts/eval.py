@@ -60,8 +60,8 @@ def main(argv):
 
         config = _CONFIG.value
         if not config.workdir:
-            name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
-                flags.FLAGS["config"])))[0]
+            path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+            name = os.path.splitext(os.path.basename(path))[0]
             config.workdir = os.path.join("runs", "eval", name)
         print(f"evaluation outputs: {os.path.abspath(config.workdir)}", flush=True)
         result = run_evaluation(config)

@@ -37,8 +37,8 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(
-        config_flags.get_config_filename(flags.FLAGS["config"])))[0])
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
     print(f"workdir: {os.path.abspath(workdir)}", flush=True)
     trainer.train(_CONFIG.value, workdir)
 

@@ -46,3 +46,14 @@ def test_help_lists_flags_and_an_example(script, flag):
                          env=ENV, capture_output=True, text=True, timeout=120)
     text = res.stdout + res.stderr
     assert f"python scripts/{script}.py --" in text and flag in text
+
+
+def test_eval_default_workdir_ignores_the_config_argument(tmp_path):
+    """``--config FILE:CHECKPOINT,SIZE``: the folder is named after FILE (no data here: it stops
+    after saying where its outputs would go)."""
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), "--config",
+                          f"{REPO / 'configs' / 'eval' / 'gldv2_val.py'}:runs/x/export,256"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert res.stdout.splitlines()[0] == (
+        f"evaluation outputs: {tmp_path / 'runs' / 'eval' / 'gldv2_val'}")

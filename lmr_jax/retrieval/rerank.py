@@ -25,7 +25,7 @@ Methods (Q queries, N index images; model m has weight w_m and its own features)
   - ``after_merge``: the weighted plain similarities are summed first, then every model's
     bonus is added in turn, unweighted: sum_m w_m S_m + sum_m B_m.
 
-  With one model both are w_1 (S_1 + B_1) up to the weight of the bonus.
+  With one model of weight 1 the two are the same ranking, S + B.
 * ``kreciprocal``: the k-reciprocal re-ranking of Zhong et al. (:mod:`kreciprocal`) on the
   fused features (each model's features times sqrt(w_m / sum w), concatenated: unit norm, and
   their dot product is the weighted mean of the models' similarities).
