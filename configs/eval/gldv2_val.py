@@ -36,8 +36,8 @@ def model(name: str, weight: float = 1.0, size: int = 512, checkpoint: str = ""
         "ref_features": "",
         # on-the-fly extraction settings
         "size": size,
-        "scales": (1.0,),
-        "flip": False,
+        "scales": (1.0,),  # (0.707, 1.0, 1.414): the reference's multi-scale
+        "flip": False,  # mirrored views too: an lmr-jax extra, not the reference
         "dtype": "bfloat16",
         "batch_size": 32,
     })

@@ -177,6 +177,9 @@ def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
     Returns a flat dict of the submission method's metrics plus ``"map@100_<method>"`` for
     every method run, also written to ``report.json``.
     """
+    if not config.workdir:
+        raise ValueError("config.workdir is empty: name the output folder (scripts/eval.py "
+                         "defaults it to runs/eval/<config file name>)")
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rankers = _rerankers(config)
