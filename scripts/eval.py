@@ -5,8 +5,9 @@ Two modes:
       scores a ready Kaggle submission; the last line printed is one JSON object with
       "map@100" (all scored queries), "map@100_public" and "map@100_private".
   python scripts/eval.py --config configs/eval/gldv2_val.py [--config.workdir=...]
-      features -> fused similarity -> re-ranking -> submission.csv -> metrics -> report + picture
-      (see lmr_jax.retrieval.evaluate).
+      features -> every configured re-ranking (one model or an ensemble) -> submission.csv ->
+      metrics -> report + picture (see lmr_jax.retrieval.offline_evaluation); the outputs go
+      to --config.workdir, by default runs/eval/<config file name> (printed at start).
   python scripts/eval.py --revisited_gnd gnd_roxford5k.pkl --revisited_queries FEATS_Q \
       --revisited_db FEATS_DB
       Revisited Oxford/Paris mAP (Easy/Medium/Hard) of features from scripts/extract.py (ids
@@ -14,6 +15,7 @@ Two modes:
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -54,9 +56,15 @@ def main(argv):
             sys.exit(f"error: {e}")
         result = metrics.revisited_from_features(qf, dbf, gnd["gnd"])
     elif _CONFIG.value is not None:
-        from lmr_jax.retrieval.evaluate import run_evaluation
+        from lmr_jax.retrieval.offline_evaluation import run_evaluation
 
-        result = run_evaluation(_CONFIG.value)
+        config = _CONFIG.value
+        if not config.workdir:
+            path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+            name = os.path.splitext(os.path.basename(path))[0]
+            config.workdir = os.path.join("runs", "eval", name)
+        print(f"evaluation outputs: {os.path.abspath(config.workdir)}", flush=True)
+        result = run_evaluation(config)
     else:
         sys.exit("give --config, or --submission with --solution")
     logging.info("done")

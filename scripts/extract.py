@@ -4,6 +4,8 @@
       --out features/index --size 512 --dtype bfloat16 [--scales 0.707,1,1.414] [--flip]
   python scripts/extract.py --checkpoint CKPT --folder my_photos/ --out features/photos
 
+Images are decoded and resized to SIZE x SIZE, normalised and embedded by the one embedding
+path of lmr_jax.retrieval.embedding (the same as the validation during training).
 Writes OUT/features.npy (float16 by default, memory-mappable), OUT/ids.txt, OUT/failed.txt
 (images that could not be read, with the reason) and OUT/meta.json. Run it again after a kill
 and it continues with the first missing shard; a finished folder is left as it is.
@@ -24,8 +26,10 @@ _IMAGES = flags.DEFINE_string("images", None, "Prepared store or image root of -
 _FOLDER = flags.DEFINE_string("folder", None, "Embed every image file of this folder instead.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _SIZE = flags.DEFINE_integer("size", 384, "Input side in pixels.")
-_SCALES = flags.DEFINE_list("scales", ["1"], "Test-time scales, e.g. 0.707,1,1.414.")
-_FLIP = flags.DEFINE_bool("flip", False, "Also embed the horizontal mirror and average.")
+_SCALES = flags.DEFINE_list("scales", ["1"], "Test-time scales; 0.707,1,1.414 is the reference's "
+                            "multi-scale (views of floor(S*s/16)*16 px, raw outputs summed).")
+_FLIP = flags.DEFINE_bool("flip", False, "Also embed the horizontal mirror of every view (an "
+                          "lmr-jax extra; the reference does not flip).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _OUT_DTYPE = flags.DEFINE_enum("out_dtype", "float16", ["float16", "float32"], "Stored dtype.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per step on this host.")

@@ -49,7 +49,11 @@ def model():
 
 
 def _reference(model, image_list, scales=(1.0,), flip=False):
-    """Direct (eager) forward pass with the training code's preprocessing, all images at once."""
+    """Direct (eager) forward pass with the training code's preprocessing, all images at once.
+
+    Views as the reference's multi-scale: the normalised batch resized (bilinear, half-pixel
+    centres, no antialiasing) to floor(S * s / 16) * 16, raw outputs summed, normalised once.
+    """
     pre = EvalPreprocess(default_eval_preprocess_config(SIZE))
     src = open_source(image_list, None)
     model.eval()
@@ -63,11 +67,11 @@ def _reference(model, image_list, scales=(1.0,), flip=False):
     x = np.stack(images)
     total = 0.0
     for s in scales:
-        xs = x if s == 1.0 else np.asarray(jax.image.resize(
-            x, (len(x), round(SIZE * s), round(SIZE * s), 3), "bilinear", antialias=False))
+        side = int(SIZE * s) // 16 * 16
+        xs = x if side == SIZE else np.asarray(jax.image.resize(
+            x, (len(x), side, side, 3), "bilinear", antialias=False))
         for view in ([xs, xs[:, :, ::-1]] if flip else [xs]):
-            e = np.asarray(model(jnp.asarray(view)), np.float64)
-            total = total + e / np.linalg.norm(e, axis=1, keepdims=True)
+            total = total + np.asarray(model(jnp.asarray(view)), np.float64)
     total = total / np.linalg.norm(total, axis=1, keepdims=True)
     return dict(zip(ids, total, strict=True))
 
@@ -182,3 +186,24 @@ def test_missing_file_is_listed(tmp_path, model, folder):
     assert meta["num_images"] == 1 and meta["num_failed"] == 1
     (gone, reason), = features.failed_images(tmp_path / "f")
     assert gone == "gone" and "OSError" in reason and "gone.jpg" in reason
+
+
+def test_training_evaluation_embeds_as_extraction(tmp_path, model, image_list):
+    """The validation during training and offline extraction give the same features."""
+    from jax.sharding import Mesh
+
+    from lmr_jax.data import pipeline
+    from lmr_jax.retrieval import embedding
+    from lmr_jax.train import evaluation
+
+    sub = image_list.select(np.arange(3))
+    extract.extract(model, open_source(sub, None), sub.ids, str(tmp_path / "f"),
+                    options=_opts(scales=(0.5, 1.0), out_dtype="float32"), progress=False)
+    offline = features.load_features(tmp_path / "f")
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    ecfg = pipeline.default_eval_config(SIZE)
+    ecfg.batch_size = 2
+    embed = embedding.make_embed_fn(model, mesh, scales=(0.5, 1.0))
+    during_training = evaluation.embed_list(embed, sub, open_source(sub, None), ecfg, mesh)
+    np.testing.assert_array_equal(offline.ids, sub.ids)
+    np.testing.assert_allclose(during_training, offline.feats, atol=1e-6)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lmr_jax.retrieval import kreciprocal, rerank
+from lmr_jax.retrieval import kreciprocal, landmark_country, rerank
 
 
 def _unit(rng, n, d):
@@ -123,7 +123,7 @@ def test_local_jaccard_matches_slow(case):
 @pytest.mark.parametrize("kr", [True, False])
 def test_landmark_country_rerank_matches_slow(case, kr):
     q, x, refs, lms, cts = case
-    fast = rerank.landmark_country_rerank(q, x, refs, lms, cts, k=3, alpha=1.0, beta=0.1,
+    fast = landmark_country.landmark_country_rerank(q, x, refs, lms, cts, k=3, alpha=1.0, beta=0.1,
                                           query_kreciprocal=kr)
     slow = slow_landmark_country(q, x, refs, lms, cts, kr=kr)
     assert fast.dtype == np.float32 and fast.shape == (5, 30)
@@ -136,9 +136,10 @@ def test_landmark_country_rerank_matches_slow(case, kr):
 
 def test_topk_variant_and_chunking(case):
     q, x, refs, lms, cts = case
-    full = rerank.landmark_country_rerank(q, x, refs, lms, cts)
-    s, i = rerank.landmark_country_rerank_topk(q, x, refs, lms, cts, topk=10, query_chunk=2,
-                                               chunk_size=17)
+    full = landmark_country.landmark_country_rerank(q, x, refs, lms, cts)
+    ranker = rerank.RERANKERS.build("landmark_country", query_chunk=2)
+    s, i = ranker([rerank.ModelFeatures(q, x, refs)], [1.0], top_k=10,
+                  references=rerank.References(lms, cts))
     np.testing.assert_array_equal(i, np.argsort(-full, 1, kind="stable")[:, :10])
     np.testing.assert_allclose(s, np.take_along_axis(full, i, 1), atol=1e-6)
 

@@ -51,10 +51,21 @@ def test_score_submission_splits_and_ignored(tmp_path, solution_path):
     assert out["num_predicted_queries"] == 2
 
 
+def test_empty_images_row_is_valid_and_scores_zero(tmp_path, solution_path):
+    """Kaggle accepts a row without ids: that query scores 0 (it predicted nothing)."""
+    p = _write(tmp_path, "id,images\nq1,\nq2,c\nq4, \n")
+    assert sub.read_retrieval_submission(p, sub.read_retrieval_solution(solution_path)) == {
+        "q1": [], "q2": ["c"], "q4": []}
+    out = sub.score_retrieval_submission(p, solution_path)
+    assert out["map@100"] == pytest.approx((0.0 + 1.0 + 0.0) / 3)
+    assert out["map@100_public"] == 0.0
+    assert out["map@100_private"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("text,match", [
     ("q1,a\n", "header"),
     ("id,images\nzz,a\n", "zz.*not in the solution"),
-    ("id,images\nq1,\n", "no predicted image"),
+    ("id,images\nq2,c\nzz,\n", "zz.*not in the solution"),  # empty row, unknown id
     ("id,images\nq1,a\nq1,b\n", "twice"),
     ("id,images\nq1,a,b\n", "2 columns"),
 ])

@@ -12,6 +12,13 @@ Each model needs either feature folders (``query_features``, ``index_features``,
 (``images`` must then point at a prepared store or the GLDv2 image root). The reference set for
 the Landmark-Country re-ranking is the labelled part of ``reference.list`` (the ``full`` train
 list: the ``all`` list holds the validation queries themselves, which are removed if present).
+
+``rerank`` names the re-ranking methods to run (lmr_jax.retrieval.rerank), ``rerank_options``
+their options; ``submission_rerank`` is the one written to submission.csv. An ensemble fuses
+with the Landmark-Country re-ranking ``before_merge`` (each model re-ranked with its own tags,
+then the weighted sum: the setting of the GLR2021 submission) unless
+``--config.rerank_options.landmark_country.ensemble=after_merge``.
+The outputs go to ``workdir``; empty: ``runs/eval/<config file name>``.
 """
 
 import ml_collections
@@ -29,8 +36,8 @@ def model(name: str, weight: float = 1.0, size: int = 512, checkpoint: str = ""
         "ref_features": "",
         # on-the-fly extraction settings
         "size": size,
-        "scales": (1.0,),
-        "flip": False,
+        "scales": (1.0,),  # (0.707, 1.0, 1.414): the reference's multi-scale
+        "flip": False,  # mirrored views too: an lmr-jax extra, not the reference
         "dtype": "bfloat16",
         "batch_size": 32,
     })
@@ -38,7 +45,7 @@ def model(name: str, weight: float = 1.0, size: int = 512, checkpoint: str = ""
 
 def get_config(model_spec: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.workdir = "runs/eval/gldv2_val"
+    c.workdir = ""  # default runs/eval/<config file name>
     c.validation = "data/gldv2_prepared/validation.npz"
     c.solution = ""  # optional Kaggle retrieval_solution_v2.1.csv instead of the validation GT
     c.images = ""  # prepared store or GLDv2 image root (on-the-fly extraction, picture)
@@ -50,9 +57,12 @@ def get_config(model_spec: str | None = None) -> ml_collections.ConfigDict:
     c.reference = ml_collections.ConfigDict({"list": "data/gldv2_prepared/lists/full.npz"})
     c.rerank = ("off", "landmark_country", "kreciprocal")
     c.submission_rerank = "landmark_country"
-    c.landmark_country = ml_collections.ConfigDict(
-        {"k": 3, "alpha": 1.0, "beta": 0.1, "query_kreciprocal": True})
-    c.kreciprocal = ml_collections.ConfigDict({"k1": 10, "k2": 3, "lambda_value": 0.3})
+    c.rerank_options = ml_collections.ConfigDict({
+        "off": {},
+        "landmark_country": {"ensemble": "before_merge", "k": 3, "alpha": 1.0, "beta": 0.1,
+                             "query_kreciprocal": True},
+        "kreciprocal": {"k1": 10, "k2": 3, "lambda_value": 0.3},
+    })
     c.top_k = 100
     c.picture = ml_collections.ConfigDict({"num_queries": 8, "num_results": 8})
     return c

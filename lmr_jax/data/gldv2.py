@@ -40,6 +40,7 @@ Preparation (:func:`prepare`, ``scripts/prepare_gldv2.py``) writes into an outpu
     store/                 every image of the lists and of the validation set once
                            (:mod:`lmr_jax.data.store`; resumable, parallel, verified)
     lists/{clean,c2x,full,all}.npz   ImageLists without the bad images
+    lists/labels.csv       label -> GLDv2 landmark_id and country (lists.LabelTable)
     validation.npz         ValidationSet without bad queries / index images
     report.json            summary, losses per list and every bad image with path and reason
 
@@ -61,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from lmr_jax.data import geo
-from lmr_jax.data.lists import ImageList, ValidationSet
+from lmr_jax.data.lists import LABEL_TABLE_NAME, ImageList, LabelTable, ValidationSet
 from lmr_jax.data.store import StoreOptions, write_store
 
 USAGES = ("Public", "Private", "Ignored")
@@ -539,6 +540,7 @@ def prepare(
             "--max-bad-fraction.")
     for name, lst in lists.items():
         lst.save(out / "lists" / f"{name}.npz")
+    LabelTable(built.label_landmark, built.label_country).save(out / "lists" / LABEL_TABLE_NAME)
     val_ok.save(out / "validation.npz")
     return summary
 

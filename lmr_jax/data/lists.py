@@ -8,6 +8,7 @@ index and the ground truth per query. Both save to and load from a compressed ``
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -296,3 +297,100 @@ def _unlabelled(ids: np.ndarray, split: str, name: str) -> ImageList:
     return ImageList(ids=ids, labels=np.full(n, -1, np.int32), noisy=np.zeros(n, bool),
                      countries=np.full(n, ""), continents=np.full(n, OTHER), num_classes=0,
                      name=name, splits=np.full(n, split))
+
+
+LABEL_TABLE_NAME = "labels.csv"
+LABEL_TABLE_HEADER = ("label", "landmark_id", "country")
+
+
+class LabelTableError(ValueError):
+    """A missing or malformed label table; the message names the file and says what to do."""
+
+
+@dataclasses.dataclass
+class LabelTable:
+    """The map from the lists' global labels to GLDv2 landmark ids (and their countries).
+
+    Labels are lmr-jax's class numbers (0 .. C-1, the classifier rows); GLDv2, its solution
+    files and Kaggle name landmarks by ``landmark_id``. Saved as ``labels.csv`` (header
+    ``label,landmark_id,country``, one row per label in label order) beside the prepared lists.
+
+    Attributes:
+      landmark_ids: (C,) int64 GLDv2 train landmark id of each label.
+      countries: (C,) str two-letter country code of each label, '' when unknown.
+    """
+
+    landmark_ids: np.ndarray
+    countries: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.landmark_ids = np.asarray(self.landmark_ids, np.int64).reshape(-1)
+        self.countries = _str_array(self.countries, "countries")
+        if len(self.countries) != len(self.landmark_ids):
+            raise ValueError(f"label table: {len(self.landmark_ids)} landmark ids but "
+                             f"{len(self.countries)} countries")
+
+    def __len__(self) -> int:
+        return len(self.landmark_ids)
+
+    def landmark_of(self, labels: np.ndarray) -> np.ndarray:
+        """GLDv2 landmark ids of ``labels`` (any shape); negative labels (no landmark) stay -1."""
+        labels = np.asarray(labels, np.int64)
+        if labels.size and labels.max(initial=-1) >= len(self):
+            raise LabelTableError(f"label {int(labels.max())} is not in the label table "
+                                  f"({len(self)} labels): the lists and the table differ")
+        return np.where(labels >= 0, self.landmark_ids[np.maximum(labels, 0)], -1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the CSV at ``path`` (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(LABEL_TABLE_HEADER)
+            for label, (lid, country) in enumerate(zip(self.landmark_ids.tolist(),
+                                                       self.countries.tolist(), strict=True)):
+                w.writerow([label, lid, country])
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LabelTable:
+        """Read a table written by :meth:`save`.
+
+        Raises:
+          LabelTableError: no such file (a folder prepared before the table existed: the
+            message says to run scripts/prepare_gldv2.py again), or a malformed row
+            (``file:line``).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise LabelTableError(
+                f"{path}: no label table (label -> GLDv2 landmark_id). Lists prepared by an "
+                "older lmr-jax lack it: run scripts/prepare_gldv2.py again with the same "
+                "--gldv2 and --out (the image store is kept; only the lists are rewritten)")
+        ids, countries = [], []
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or tuple(header) != LABEL_TABLE_HEADER:
+                raise LabelTableError(f"{path}:1: expected header "
+                                      f"{','.join(LABEL_TABLE_HEADER)!r}, got {header}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    label, lid = int(row[0]), int(row[1])
+                    country = row[2]
+                except (IndexError, ValueError):
+                    raise LabelTableError(f"{path}:{line}: expected label,landmark_id,country, "
+                                          f"got {row}") from None
+                if label != len(ids):
+                    raise LabelTableError(f"{path}:{line}: label {label} out of order "
+                                          f"(expected {len(ids)})")
+                ids.append(lid)
+                countries.append(country)
+        return cls(np.asarray(ids, np.int64), np.asarray(countries, dtype=str))
+
+    @classmethod
+    def beside(cls, list_path: str | os.PathLike) -> LabelTable:
+        """The table saved with the prepared list at ``list_path`` (``lists/labels.csv``)."""
+        return cls.load(Path(list_path).parent / LABEL_TABLE_NAME)

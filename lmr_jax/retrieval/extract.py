@@ -10,10 +10,8 @@ Images: decoded and resized straight to ``size x size`` and normalised as in tra
 (``lmr_jax.data.augment.EvalPreprocess``). An image that cannot be read or decoded gets no
 feature: it is listed in ``failed.txt`` with the reason (never a zero vector).
 
-Views: each of ``scales`` (bilinear resize of the normalised batch, no antialiasing, like
-``torch.nn.functional.interpolate``) and, with ``flip``, its horizontal mirror is embedded;
-each view's embedding is L2-normalised, the views are averaged, and the mean is
-L2-normalised again.
+Views (single scale, the reference's multi-scale, the optional flip): the one embedding path
+of :mod:`lmr_jax.retrieval.embedding`, shared with the validation during training.
 """
 
 from __future__ import annotations
@@ -28,18 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from lmr_jax.data.augment import EvalPreprocess, default_eval_preprocess_config
-from lmr_jax.retrieval import features
+from lmr_jax.retrieval import embedding, features
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class ExtractOptions:
-    """size: input side; scales / flip: test-time views; dtype: compute dtype of the images
+    """size: input side; scales / flip: test-time views (:mod:`embedding`; the reference's
+    multi-scale is ``embedding.REFERENCE_SCALES``, flip is an lmr-jax extra); dtype: compute dtype of the images
     (the model's own dtype is fixed when it is built); out_dtype: stored feature dtype;
     batch_size: images per step on this process (a multiple of the local device count);
     shard_size: images per resumable shard; read_threads: decoding threads."""
@@ -59,49 +58,6 @@ class ExtractOptions:
         for k in ("batch_size", "shard_size", "read_threads"):
             d.pop(k)  # do not change the result: a resumed run may change them
         return d
-
-
-def make_embed_fn(model: nnx.Module, *, scales: Sequence[float] = (1.0,), flip: bool = False,
-                  devices: Sequence[jax.Device] | None = None
-                  ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function (B, S, S, 3) images -> (B, D) float32 L2-normalised embeddings.
-
-    Jitted once per input shape; the batch is sharded over ``devices`` (default: the local
-    devices) and B must be a multiple of their count.
-    """
-    model.eval()
-    graphdef, state = nnx.split(model)
-    devices = list(devices) if devices is not None else jax.local_devices()
-    mesh = Mesh(np.asarray(devices), ("data",))
-    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    state = jax.device_put(state, replicated)
-    scales = tuple(float(s) for s in scales)
-
-    def normalize(e):
-        e = e.astype(jnp.float32)
-        return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-
-    @jax.jit
-    def embed(state, x):
-        m = nnx.merge(graphdef, state)
-        total = 0.0
-        b, h, w, c = x.shape
-        for s in scales:
-            xs = x if s == 1.0 else jax.image.resize(
-                x, (b, int(round(h * s)), int(round(w * s)), c), "bilinear", antialias=False)
-            total = total + normalize(m(xs))
-            if flip:
-                total = total + normalize(m(xs[:, :, ::-1, :]))
-        return normalize(total)
-
-    def run(images: np.ndarray) -> np.ndarray:
-        if images.shape[0] % len(devices):
-            raise ValueError(f"batch of {images.shape[0]} does not split over {len(devices)} devices")
-        x = jax.device_put(images, data_sharding)
-        return np.asarray(embed(state, x))
-
-    return run
 
 
 class _SafePreprocess:
@@ -180,7 +136,10 @@ def extract(model: nnx.Module, source: Any, ids: np.ndarray, out_dir: str, *,
     mine = [s for s in range(num_shards) if s % pc == pi and not features.shard_done(out_dir, s)]
     pre_cfg = default_eval_preprocess_config(options.size)
     pre_cfg.dtype = options.dtype
-    embed = make_embed_fn(model, scales=options.scales, flip=options.flip, devices=devices)
+    devices = list(devices) if devices is not None else jax.local_devices()
+    embed = embedding.make_embed_fn(model, Mesh(np.asarray(devices), ("data",)),
+                                    scales=options.scales, flip=options.flip,
+                                    compute_dtype=jnp.dtype(options.dtype))
     dim = None
     bar = tqdm(total=sum(len(rows[s * options.shard_size:(s + 1) * options.shard_size])
                          for s in mine), unit="img", disable=not progress, desc="extract")
@@ -189,7 +148,7 @@ def extract(model: nnx.Module, source: Any, ids: np.ndarray, out_dir: str, *,
         feats, kept, bad, reasons = [], [], [], []
         for images, batch_rows, ok, errors in _batches(source, shard_rows, options.batch_size,
                                                        pre_cfg, options.read_threads):
-            emb = embed(images)
+            emb = np.asarray(embed(images))
             dim = emb.shape[1]
             feats.append(emb[ok])
             kept.append(batch_rows[ok])

@@ -1,7 +1,7 @@
 """k-reciprocal encoding and Jaccard distance (Zhong et al., CVPR 2017), vectorised.
 
 Distances are ``dist = 1 - (cos + 1) / 2`` between L2-normalised features, the convention of
-the reference re-ranking code (SPEC.md section 7). For every node i of a set:
+the reference re-ranking code (docs/retrieval.md). For every node i of a set:
 
 1. forward(i) = the k1+1 nearest nodes (i itself included, ties to the lower index);
    R(i) = {j in forward(i) : i in forward(j)}.

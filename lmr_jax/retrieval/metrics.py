@@ -1,6 +1,6 @@
 """Retrieval and recognition metrics.
 
-* GLDv2 / Kaggle retrieval metrics (SPEC.md section 5): mAP@100, mean precision@k and the mean
+* GLDv2 / Kaggle retrieval metrics (docs/retrieval.md): mAP@100, mean precision@k and the mean
   position of the first correct result, with the conventions of the official GLDv2 scorer:
   a duplicated prediction uses up its rank but can only count once, a query of the solution
   without a prediction scores 0 (position ``max_predictions + 1``), and a prediction for a

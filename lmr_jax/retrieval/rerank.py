@@ -1,259 +1,195 @@
-"""Landmark-Country aware re-ranking (SPEC.md sections 4 and 7), vectorised.
+"""One re-ranking interface for single models and ensembles: method name -> ranked index lists.
 
-Pipeline (Q queries, N index images, R reference images with landmark and country):
+Every re-ranking method is a factory registered in :data:`RERANKERS` by name; its keyword
+options are its config entry (``RERANKERS.build(name, **options)`` refuses unknown ones). It
+returns a :class:`Reranker`, called the same way for one model or an ensemble::
 
-1. One pass over the reference set (chunked exact faiss search): each query's top-30 refs
-   and each index image's top-1 ref (-> index landmark / country tags).
-2. Query-to-reference refinement (``query_kreciprocal=True``): the top-30 refs of every
-   distinct top-30 ref (a second chunked pass over R), the local set S = {q} + U with U the
-   sorted union, the k-reciprocal Jaccard distance on S (:mod:`kreciprocal`, jitted and
-   batched over queries), refined similarity 1 - (0.5 dist + 0.5 jaccard) on U. A ref outside
-   U has refined similarity 0.5 - 0.5 dist, never above that of the 30 nearest refs (which are
-   in U), so the top-K tags are always inside U and the refs outside need no computation.
-3. Query tags: the K best refs; a tag's weight = the summed similarity of the refs carrying
-   it over the summed similarity of all K (landmarks and countries alike).
-4. final(q, i) = dot(q, i) + alpha * weight_q(landmark(i)) + beta * weight_q(country(i)).
+    ranker = RERANKERS.build("landmark_country", ensemble="before_merge")
+    scores, top = ranker([ModelFeatures(q1, x1, r1), ModelFeatures(q2, x2, r2)], [0.6, 0.4],
+                         top_k=100, references=References(ref_landmarks, ref_countries))
 
-Memory is bounded by the chunk sizes: the reference set is read chunk by chunk (it can be a
-float16 memory map), the local sets are processed ``batch_size`` queries at a time.
+The evaluation command, its submissions and its report all rank through this; adding a method
+is one registered function plus its config entry.
+
+Methods (Q queries, N index images; model m has weight w_m and its own features):
+
+* ``off`` (plain search, no re-ranking): score(q, i) = sum_m w_m <q_m, i_m> (the weighted sum of the models' similarity
+  matrices, weights as given, not normalised).
+* ``landmark_country``: the Landmark-Country re-ranking (:mod:`landmark_country`), every model
+  with the tags computed from its own query, index and reference features. Two ways to
+  combine models, both those of the GLR2021 reference code:
+
+  - ``before_merge`` (default; the setting of the paper's submission): each model's
+    similarities get that model's bonus, then the re-ranked matrices are summed with the
+    model weights: sum_m w_m (S_m + B_m);
+  - ``after_merge``: the weighted plain similarities are summed first, then every model's
+    bonus is added in turn, unweighted: sum_m w_m S_m + sum_m B_m.
+
+  With one model of weight 1 the two are the same ranking, S + B.
+* ``kreciprocal``: the k-reciprocal re-ranking of Zhong et al. (:mod:`kreciprocal`) on the
+  fused features (each model's features times sqrt(w_m / sum w), concatenated: unit norm, and
+  their dot product is the weighted mean of the models' similarities).
+
+The (Q, N) score matrix is never held whole: it is built ``query_chunk`` queries at a time and
+only the ``top_k`` best per query are kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lmr_jax.retrieval import kreciprocal, search
+from lmr_jax.registry import Registry
+from lmr_jax.retrieval import kreciprocal, landmark_country, search
 
-log = logging.getLogger(__name__)
+ENSEMBLE_MODES = ("before_merge", "after_merge")
+QUERY_CHUNK = 128
 
 
 @dataclasses.dataclass
-class Tags:
-    """Query tags (Q, K) and index tags (N,), as integer codes of landmarks and countries.
+class ModelFeatures:
+    """One model's L2-normalised features: query (Q, D), index (N, D), reference set (R, D) or
+    None (float16 memory maps are fine; every model lists the same images in the same order)."""
 
-    query_weights (Q, K) float32: the similarity of each of the K refs over their sum, so that
-    the weight of a tag is the sum over the refs that carry it.
+    query: np.ndarray
+    index: np.ndarray
+    refs: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class References:
+    """Labels of the reference set, one per row of every model's ``refs``: landmarks (R,) and
+    countries (R,) (ints or strings; '' is a country like any other)."""
+
+    landmarks: np.ndarray
+    countries: np.ndarray
+
+
+RankFn = Callable[[Sequence[ModelFeatures], np.ndarray, int, "References | None"],
+                  tuple[np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reranker:
+    """A built re-ranking method.
+
+    Calling it with the models' features, their weights and ``top_k`` returns (scores (Q, k)
+    float32 descending, index rows (Q, k) int64), k = min(top_k, N), ties to the lower row.
+    ``needs_references``: the method needs ``refs`` in every model and ``references``.
     """
 
-    query_landmarks: np.ndarray
-    query_countries: np.ndarray
-    query_weights: np.ndarray
-    index_landmarks: np.ndarray
-    index_countries: np.ndarray
+    name: str
+    rank: RankFn
+    needs_references: bool = False
+
+    def __call__(self, models: Sequence[ModelFeatures], weights: Sequence[float], *,
+                 top_k: int = 100, references: References | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        models = list(models)
+        w = np.asarray(weights, np.float64)
+        if not models or len(w) != len(models):
+            raise ValueError(f"{self.name}: need one weight per model, got {len(models)} "
+                             f"models and {len(w)} weights")
+        q, n = models[0].query.shape[0], models[0].index.shape[0]
+        for i, m in enumerate(models):
+            if m.query.shape[0] != q or m.index.shape[0] != n:
+                raise ValueError(f"{self.name}: model {i} has {m.query.shape[0]} queries and "
+                                 f"{m.index.shape[0]} index rows, model 0 {q} and {n}")
+        if self.needs_references:
+            if references is None or any(m.refs is None for m in models):
+                raise ValueError(f"{self.name} needs the reference set: reference features "
+                                 "for every model and their landmarks and countries")
+            r = len(references.landmarks)
+            bad = [i for i, m in enumerate(models) if m.refs.shape[0] != r]
+            if bad or len(references.countries) != r:
+                raise ValueError(f"{self.name}: {r} reference labels but models {bad} have "
+                                 "another number of reference rows (or the countries differ)")
+        return self.rank(models, w, top_k, references)
 
 
-def _codes(values: np.ndarray) -> np.ndarray:
-    """Integer codes of arbitrary labels (ints or strings); equal labels -> equal codes."""
-    values = np.asarray(values)
-    if values.dtype.kind in "iu":
-        return values.astype(np.int64)
-    _, inv = np.unique(values, return_inverse=True)
-    return inv.astype(np.int64)
+RERANKERS: Registry[Callable[..., Reranker]] = Registry(
+    "re-ranking method", builtin_modules=("lmr_jax.retrieval.rerank",))
 
 
-def reference_neighbours(query_feats: np.ndarray, index_feats: np.ndarray,
-                         ref_feats: np.ndarray, k_query: int, *,
-                         chunk_size: int = search.DEFAULT_CHUNK):
-    """One chunked pass over the reference set.
-
-    Returns:
-      (query scores (Q, k), query ref indices (Q, k), index top-1 ref indices (N,)).
-    """
-    q = np.ascontiguousarray(query_feats, np.float32)
-    x = np.ascontiguousarray(index_feats, np.float32)
-    both = np.concatenate([q, x])
-    # Query and index rows are searched together: one read of every reference chunk.
-    s, i = search.topk_inner_product(both, ref_feats, k_query, chunk_size=chunk_size)
-    return s[:len(q)], i[:len(q)], i[len(q):, 0]
-
-
-def _sorted_unions(cand: np.ndarray) -> np.ndarray:
-    """Per row the sorted distinct values of ``cand`` (Q, M) >= 0, padded with -1 at the end."""
-    srt = np.sort(cand, axis=1)
-    dup = np.zeros(srt.shape, bool)
-    dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
-    big = np.iinfo(np.int64).max
-    comp = np.sort(np.where(dup, big, srt), axis=1)
-    width = int((~dup).sum(axis=1).max())
-    comp = comp[:, :width]
-    return np.where(comp == big, -1, comp)
-
-
-def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
-                               top_refs: np.ndarray, *, topk: int = 30, k1: int = 10,
-                               k2: int = 3, lambda_value: float = 0.5, batch_size: int = 16,
-                               chunk_size: int = search.DEFAULT_CHUNK,
-                               timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """k-reciprocal refined query-to-reference similarity on each query's local set U.
-
-    Args:
-      query_feats: (Q, D) L2-normalised; ref_feats: (R, D) L2-normalised (memmap allowed).
-      top_refs: (Q, >= topk) each query's nearest refs by dot product (best first).
-    Returns:
-      U (Q, M) int64 sorted ref indices padded with -1 and the refined similarity (Q, M)
-      float32 (-inf on padding): 1 - ((1 - lambda) * jaccard + lambda * dist).
-    """
-    q = np.ascontiguousarray(query_feats, np.float32)
-    t = min(topk, ref_feats.shape[0])
-    first = np.ascontiguousarray(top_refs[:, :t])
-    distinct, inv = np.unique(first, return_inverse=True)
-    t0 = time.perf_counter()
-    _, nn = search.topk_inner_product(np.asarray(ref_feats[distinct], np.float32), ref_feats, t,
-                                      chunk_size=chunk_size)
-    if timings is not None:
-        timings["neighbour_search_s"] = round(time.perf_counter() - t0, 2)
-    log.info("neighbours of %d distinct top-%d refs: %.1f s", len(distinct), t,
-             time.perf_counter() - t0)
-    cand = np.concatenate([first, nn[inv.reshape(first.shape)].reshape(len(q), -1)], axis=1)
-    unions = _sorted_unions(cand)
-    nq, width = unions.shape
-    n_pad = 1 + int(np.ceil(width / 64) * 64)
-    sims = np.full((nq, width), -np.inf, np.float32)
-    for s in range(0, nq, batch_size):
-        u = unions[s:s + batch_size]
-        b = len(u)
-        idx = np.full((batch_size, n_pad - 1), -1, np.int64)
-        idx[:b, :width] = u
-        valid = np.zeros((batch_size, n_pad), bool)
-        valid[:b, 0] = True
-        valid[:, 1:] = idx >= 0
-        x = np.zeros((batch_size, n_pad, q.shape[1]), np.float32)
-        x[:b, 0] = q[s:s + b]
-        flat = idx.ravel()
-        ok = flat >= 0
-        rows = np.zeros((flat.size, q.shape[1]), np.float32)
-        rows[ok] = ref_feats[flat[ok]]
-        x[:, 1:] = rows.reshape(batch_size, n_pad - 1, -1)
-        dist, jac = kreciprocal.local_query_jaccard(x, valid, k1, k2)
-        final = 1.0 - ((1.0 - lambda_value) * jac[:b, 1:width + 1] + lambda_value * dist[:b, 1:width + 1])
-        sims[s:s + b] = np.where(u >= 0, final, -np.inf)
-    return unions, sims
-
-
-def _topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k best per row, best first, ties to the lower column."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np.ndarray,
-                 ref_landmarks: np.ndarray, ref_countries: np.ndarray, *, k: int = 3,
-                 query_kreciprocal: bool = True, topk: int = 30, batch_size: int = 16,
-                 chunk_size: int = search.DEFAULT_CHUNK, timings: dict | None = None) -> Tags:
-    """Query tags from the top-``k`` refs and index tags from the top-1 ref (SPEC.md 7).
-
-    ``timings``, if given, receives the seconds of each phase.
-    """
-    timings = {} if timings is None else timings
-    if len(ref_landmarks) != ref_feats.shape[0] or len(ref_countries) != ref_feats.shape[0]:
-        raise ValueError(f"ref_landmarks ({len(ref_landmarks)}) and ref_countries "
-                         f"({len(ref_countries)}) need one entry per ref ({ref_feats.shape[0]})")
-    lm = _codes(ref_landmarks)
-    ct = _codes(ref_countries)
-    n_ref = ref_feats.shape[0]
-    k = min(k, n_ref)
-    kq = min(topk, n_ref) if query_kreciprocal else k
-    t0 = time.perf_counter()
-    q_s, q_i, index_top1 = reference_neighbours(query_feats, index_feats, ref_feats, kq,
-                                                chunk_size=chunk_size)
-    timings["reference_search_s"] = round(time.perf_counter() - t0, 2)
-    log.info("reference search (%d queries + %d index x %d refs): %.1f s", len(q_s),
-             len(index_top1), n_ref, timings["reference_search_s"])
-    if query_kreciprocal:
-        t0 = time.perf_counter()
-        unions, sims = query_reference_refinement(query_feats, ref_feats, q_i, topk=topk,
-                                                  batch_size=batch_size, chunk_size=chunk_size,
-                                                  timings=timings)
-        timings["refinement_s"] = round(time.perf_counter() - t0, 2)
-        log.info("k-reciprocal refinement (local sets of up to %d refs): %.1f s",
-                 unions.shape[1], timings["refinement_s"])
-        sel = _topk_rows(sims, k)
-        best = np.take_along_axis(unions, sel, 1)
-        best_s = np.take_along_axis(sims, sel, 1)
-    else:
-        best, best_s = q_i[:, :k], q_s[:, :k]
-    weights = best_s / best_s.sum(axis=1, keepdims=True)
-    return Tags(lm[best], ct[best], weights.astype(np.float32), lm[index_top1], ct[index_top1])
-
-
-def apply_tags(sims: np.ndarray, tags: Tags, rows: slice | np.ndarray = slice(None), *,
-               alpha: float = 1.0, beta: float = 0.1) -> np.ndarray:
-    """sims (q, N) + alpha * landmark weight + beta * country weight, for query ``rows``."""
-    out = np.array(sims, dtype=np.float32, copy=True)
-    ql, qc, qw = (tags.query_landmarks[rows], tags.query_countries[rows],
-                  tags.query_weights[rows])
-    for a in range(ql.shape[1]):
-        w = qw[:, a:a + 1]
-        out += np.float32(alpha) * w * (ql[:, a:a + 1] == tags.index_landmarks[None, :])
-        out += np.float32(beta) * w * (qc[:, a:a + 1] == tags.index_countries[None, :])
-    return out
-
-
-def landmark_country_rerank(query_feats: np.ndarray, index_feats: np.ndarray,
-                            ref_feats: np.ndarray, ref_landmarks: np.ndarray,
-                            ref_countries: np.ndarray, *, k: int = 3, alpha: float = 1.0,
-                            beta: float = 0.1, query_kreciprocal: bool = True) -> np.ndarray:
-    """Landmark-Country re-ranked similarities (SPEC.md section 7).
-
-    Args:
-      query_feats: (Q, D) L2-normalised query features.
-      index_feats: (N, D) L2-normalised index features.
-      ref_feats: (R, D) L2-normalised reference features (float16 memory map is fine).
-      ref_landmarks: (R,) landmark label per ref (ints or strings).
-      ref_countries: (R,) country per ref (any hashable labels; '' is a label like any other).
-      k: number of reference neighbours that vote for the query tags.
-      alpha, beta: weights of the landmark and country bonus.
-      query_kreciprocal: tags from the k-reciprocal refined similarity (reference behaviour);
-        False uses plain dot products.
-    Returns:
-      (Q, N) float32 re-ranked similarities.
-    """
-    tags = compute_tags(query_feats, index_feats, ref_feats, ref_landmarks, ref_countries,
-                        k=k, query_kreciprocal=query_kreciprocal)
-    sims = search.similarity_matrix(query_feats, index_feats)
-    return apply_tags(sims, tags, alpha=alpha, beta=beta)
-
-
-def topk_from_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values (q, k), indices (q, k)) of the k largest per row; ties to the lower index."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    vals = np.take_along_axis(scores, part, 1)
-    order = np.lexsort((part, -vals), axis=1)
-    idx = np.take_along_axis(part, order, 1)
-    return np.take_along_axis(scores, idx, 1), idx
-
-
-def landmark_country_rerank_topk(query_feats: np.ndarray, index_feats: np.ndarray,
-                                 ref_feats: np.ndarray, ref_landmarks: np.ndarray,
-                                 ref_countries: np.ndarray, *, k: int = 3, alpha: float = 1.0,
-                                 beta: float = 0.1, query_kreciprocal: bool = True,
-                                 topk: int = 100, query_chunk: int = 128,
-                                 tags: Tags | None = None,
-                                 chunk_size: int = search.DEFAULT_CHUNK
-                                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`landmark_country_rerank` but keeps only the ``topk`` best per query.
-
-    The (Q, N) matrix is never held whole: it is built ``query_chunk`` queries at a time.
-    ``tags`` may be given when already computed.
-
-    Returns:
-      (scores (Q, topk) float32 descending, index indices (Q, topk) int64).
-    """
-    if tags is None:
-        tags = compute_tags(query_feats, index_feats, ref_feats, ref_landmarks, ref_countries,
-                            k=k, query_kreciprocal=query_kreciprocal, chunk_size=chunk_size)
-    x = np.ascontiguousarray(index_feats, np.float32)
-    q = np.ascontiguousarray(query_feats, np.float32)
-    kk = min(topk, x.shape[0])
-    out_s = np.empty((len(q), kk), np.float32)
-    out_i = np.empty((len(q), kk), np.int64)
-    for s in range(0, len(q), query_chunk):
+def _chunked_topk(num_queries: int, num_index: int, top_k: int,
+                  scores_of: Callable[[slice], np.ndarray], query_chunk: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of the (Q, N) scores built by ``scores_of(rows)`` for chunks of query rows."""
+    k = min(top_k, num_index)
+    out_s = np.empty((num_queries, k), np.float32)
+    out_i = np.empty((num_queries, k), np.int64)
+    for s in range(0, num_queries, query_chunk):
         rows = slice(s, s + query_chunk)
-        scores = apply_tags(q[rows] @ x.T, tags, rows, alpha=alpha, beta=beta)
-        out_s[rows], out_i[rows] = topk_from_scores(scores, kk)
+        out_s[rows], out_i[rows] = search.topk_from_scores(scores_of(rows), k)
     return out_s, out_i
+
+
+def _similarities(models: Sequence[ModelFeatures]) -> Callable[[slice], list[np.ndarray]]:
+    """rows -> every model's (rows, N) float32 similarities."""
+    q = [np.ascontiguousarray(m.query, np.float32) for m in models]
+    x = [np.ascontiguousarray(m.index, np.float32) for m in models]
+    return lambda rows: [qm[rows] @ xm.T for qm, xm in zip(q, x, strict=True)]
+
+
+@RERANKERS.register("off")
+def plain_search(*, query_chunk: int = QUERY_CHUNK) -> Reranker:
+    """Plain search: the weighted sum of the models' similarity matrices."""
+
+    def rank(models, weights, top_k, references):
+        del references
+        sims = _similarities(models)
+        return _chunked_topk(models[0].query.shape[0], models[0].index.shape[0], top_k,
+                             lambda rows: search.fuse_similarities(sims(rows), weights),
+                             query_chunk)
+
+    return Reranker("off", rank)
+
+
+@RERANKERS.register("landmark_country")
+def landmark_country_method(*, ensemble: str = "before_merge", k: int = 3, alpha: float = 1.0,
+                            beta: float = 0.1, query_kreciprocal: bool = True,
+                            query_chunk: int = QUERY_CHUNK) -> Reranker:
+    """Landmark-Country re-ranking, each model with its own tags; ``ensemble`` as above."""
+    if ensemble not in ENSEMBLE_MODES:
+        raise ValueError(f"landmark_country: ensemble must be one of {ENSEMBLE_MODES}, "
+                         f"got {ensemble!r}")
+
+    def rank(models, weights, top_k, references):
+        tags = [landmark_country.compute_tags(m.query, m.index, m.refs, references.landmarks,
+                                              references.countries, k=k,
+                                              query_kreciprocal=query_kreciprocal)
+                for m in models]
+        sims = _similarities(models)
+
+        def scores_of(rows):
+            per_model = sims(rows)
+            if ensemble == "before_merge":
+                return search.fuse_similarities(
+                    [landmark_country.apply_tags(s, t, rows, alpha=alpha, beta=beta)
+                     for s, t in zip(per_model, tags, strict=True)], weights)
+            fused = search.fuse_similarities(per_model, weights)
+            for t in tags:
+                fused = landmark_country.apply_tags(fused, t, rows, alpha=alpha, beta=beta)
+            return fused
+
+        return _chunked_topk(models[0].query.shape[0], models[0].index.shape[0], top_k,
+                             scores_of, query_chunk)
+
+    return Reranker("landmark_country", rank, needs_references=True)
+
+
+@RERANKERS.register("kreciprocal")
+def kreciprocal_method(*, k1: int = 10, k2: int = 3, lambda_value: float = 0.3) -> Reranker:
+    """k-reciprocal re-ranking (Zhong et al.) of the fused features."""
+
+    def rank(models, weights, top_k, references):
+        del references
+        w = list(weights / weights.sum())
+        q = search.fuse_features([m.query for m in models], w)
+        x = search.fuse_features([m.index for m in models], w)
+        sims = kreciprocal.kreciprocal_rerank(q, x, k1=k1, k2=k2, lambda_value=lambda_value)
+        return search.topk_from_scores(sims, top_k)
+
+    return Reranker("kreciprocal", rank)

@@ -5,7 +5,7 @@ chunk over the database, so a memory-mapped float16 database of millions of rows
 converted to float32 whole: memory stays at about ``chunk_size * dim * 4`` bytes plus the
 results. faiss was chosen over ``jnp.dot`` + ``lax.top_k`` and numpy + argpartition because
 it measured fastest on the 2-core CPU (1,129 x 100,000 x 512, top-100: faiss 1.9 s, jnp 2.2 s,
-numpy 2.8 s; TOOLCHAIN.md) and needs no compile per shape.
+numpy 2.8 s) and needs no compile per shape.
 
 Approximate options (faiss IVF-Flat, HNSW-Flat) are for very large databases; use
 :func:`recall_at_k` against the exact result to report what they lose.
@@ -155,6 +155,22 @@ def fuse_features(feats: Sequence[np.ndarray], weights: Sequence[float]) -> np.n
         raise ValueError(f"fusion weights must be >= 0 to fuse features, got {list(weights)}")
     return np.concatenate([_as_f32(f) * np.float32(np.sqrt(w)) for f, w in
                            zip(feats, weights, strict=True)], axis=1)
+
+
+def topk_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) column indices of the k best per row, best first, ties to the lower column."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def topk_from_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values (Q, k), indices (Q, k)) of the k largest per row; ties to the lower index."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    vals = np.take_along_axis(scores, part, 1)
+    order = np.lexsort((part, -vals), axis=1)
+    idx = np.take_along_axis(part, order, 1)
+    return np.take_along_axis(scores, idx, 1), idx
 
 
 def build_index(database: np.ndarray, kind: str = "flat", *, nlist: int = 1024,

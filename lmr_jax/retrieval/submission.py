@@ -95,12 +95,13 @@ def read_retrieval_submission(path: str | os.PathLike, solution: RetrievalSoluti
                               max_predictions: int = 100) -> dict[str, list[str]]:
     """Read a retrieval submission ``id,images``.
 
-    Rows of queries Ignored by ``solution`` are dropped; a query id unknown to ``solution`` is
-    an error; rows with more than ``max_predictions`` ids are cut with a warning; an empty row
-    (no ids) or a repeated query id is an error.
+    As the official GLDv2 / Kaggle reader: rows of queries Ignored by ``solution`` are dropped;
+    a query id unknown to ``solution`` or a repeated query id is an error; a row whose
+    ``images`` field is empty is valid and predicts nothing (the query then scores 0); rows
+    with more than ``max_predictions`` ids are cut with a warning.
 
     Returns:
-      query id -> list of predicted index ids (in file order).
+      query id -> list of predicted index ids (in file order; empty for an empty row).
     """
     known = solution.all if solution is not None else None
     preds: dict[str, list[str]] = {}
@@ -113,8 +114,6 @@ def read_retrieval_submission(path: str | os.PathLike, solution: RetrievalSoluti
             continue
         if known is not None and qid not in known:
             raise SubmissionError(f"{path}:{line}: query id {qid!r} is not in the solution")
-        if not images:
-            raise SubmissionError(f"{path}:{line}: query {qid} has no predicted image")
         if qid in preds:
             raise SubmissionError(f"{path}:{line}: query {qid} is listed twice")
         if len(images) > max_predictions:
@@ -202,20 +201,74 @@ def score_retrieval_submission(submission: str | os.PathLike, solution: str | os
     return out
 
 
-def read_recognition_solution(path: str | os.PathLike) -> dict[str, list[int]]:
-    """Read ``id,landmarks,Usage`` (landmarks space-separated; empty or None = non-landmark).
+@dataclasses.dataclass
+class RecognitionSolution:
+    """Ground truth of the recognition task, in GLDv2 landmark ids.
 
-    Ignored rows are left out; the returned dict maps query id -> ground-truth landmark ids.
+    public / private: query id -> ground-truth landmark ids (empty: a non-landmark query,
+    scored: a prediction on it counts as wrong); ignored: query ids left out of scoring.
     """
-    out: dict[str, list[int]] = {}
-    for line, row in _csv_rows(path, ("id", "landmarks"), exact_columns=False):
-        if len(row) > 2 and row[2].strip() == "Ignored":
+
+    public: dict[str, list[int]]
+    private: dict[str, list[int]]
+    ignored: set[str]
+
+    @property
+    def all(self) -> dict[str, list[int]]:
+        return {**self.public, **self.private}
+
+
+def read_recognition_solution(path: str | os.PathLike) -> RecognitionSolution:
+    """Read ``id,landmarks,Usage`` (GLDv2 ``recognition_solution_v2.1.csv``).
+
+    landmarks: space-separated landmark ids, empty (or ``None``) for a non-landmark query;
+    Usage: Public, Private or Ignored.
+    """
+    public: dict[str, list[int]] = {}
+    private: dict[str, list[int]] = {}
+    ignored: set[str] = set()
+    for line, row in _csv_rows(path, ("id", "landmarks", "Usage")):
+        qid, landmarks, usage = (c.strip() for c in row)
+        if usage == "Ignored":
+            ignored.add(qid)
             continue
-        parts = [p for p in row[1].split() if p != "None"]
+        if usage not in ("Public", "Private"):
+            raise SubmissionError(f"{path}:{line}: Usage must be one of {USAGES}, got {usage!r}")
         try:
-            out[row[0].strip()] = [int(p) for p in parts]
+            gt = [int(p) for p in landmarks.split() if p != "None"]
         except ValueError as e:
             raise SubmissionError(f"{path}:{line}: {e}") from None
+        (public if usage == "Public" else private)[qid] = gt
+    if not public and not private:
+        raise SubmissionError(f"{path}: no Public or Private query")
+    return RecognitionSolution(public, private, ignored)
+
+
+def score_recognition_submission(submission: str | os.PathLike,
+                                 solution: str | os.PathLike) -> dict[str, float | None]:
+    """GAP of a recognition submission for all scored queries, Public and Private.
+
+    As the official reader: predictions on Ignored queries are dropped, a query id that the
+    solution does not list is an error. A subset without any landmark query has GAP None.
+
+    Returns:
+      ``{"gap", "gap_public", "gap_private", "num_predicted_queries"}``.
+    """
+    from lmr_jax.retrieval import metrics
+
+    sol = read_recognition_solution(solution)
+    preds = read_recognition_submission(submission)
+    known = sol.all
+    unknown = sorted(q for q in preds if q not in known and q not in sol.ignored)
+    if unknown:
+        raise SubmissionError(f"{submission}: {len(unknown)} query ids are not in the solution "
+                              f"{solution}, e.g. {unknown[:3]}")
+    out: dict[str, float | None] = {}
+    for key, gt in (("gap", known), ("gap_public", sol.public), ("gap_private", sol.private)):
+        has_landmark = any(len(v) for v in gt.values())
+        out[key] = (metrics.global_average_precision(
+            {q: p for q, p in preds.items() if q in gt}, gt) if has_landmark else None)
+    out["num_predicted_queries"] = sum(1 for q in preds if q in known)
     return out
 
 

@@ -1,14 +1,15 @@
 """Periodic retrieval evaluation during training: mAP@100 on a validation set.
 
 The queries and the index of a :class:`lmr_jax.data.lists.ValidationSet` are embedded with the
-model being trained (evaluation mode: running BatchNorm statistics), L2-normalised, searched
-exactly by inner product and scored with the GLDv2 mAP@100 of ``lmr_jax.retrieval.metrics``.
+model being trained through the one embedding path of offline extraction
+(:func:`lmr_jax.retrieval.embedding.make_embed_fn`: evaluation mode, same views, L2-normalised),
+searched exactly by inner product and scored with the GLDv2 mAP@100 of
+``lmr_jax.retrieval.metrics``.
 Every process embeds its share of the images; the embeddings are gathered on every process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,18 +20,16 @@ from jax.experimental import multihost_utils
 from lmr_jax.data import pipeline, store
 from lmr_jax.data.lists import ImageList, ValidationSet
 from lmr_jax.retrieval import metrics, search
+from lmr_jax.retrieval.embedding import EmbedFn
 from lmr_jax.train import distributed
 
-EmbedFn = Callable[[Any, Any, jax.Array], jax.Array]
 
-
-def embed_list(embed: EmbedFn, params: Any, rest: Any, image_list: ImageList, source: Any,
+def embed_list(embed: EmbedFn, image_list: ImageList, source: Any,
                eval_config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> np.ndarray:
     """(N, D) float32 L2-normalised embeddings of every row of ``image_list``, on every process.
 
     Args:
-      embed: ``fn(params, rest, images) -> (B, D)`` (see ``step.make_embed_fn``).
-      params, rest: the model state.
+      embed: ``fn(images) -> (B, D)`` from :func:`lmr_jax.retrieval.embedding.make_embed_fn`.
       image_list: the images (its ``ids`` name images in error messages).
       source: their random-access source.
       eval_config: :func:`lmr_jax.data.pipeline.default_eval_config`-like settings.
@@ -42,7 +41,7 @@ def embed_list(embed: EmbedFn, params: Any, rest: Any, image_list: ImageList, so
                                      device_count=mesh.devices.size) as it:
         for batch in it:
             images = distributed.global_batch({"image": batch["image"]}, mesh)["image"]
-            emb = embed(params, rest, images)
+            emb = embed(images)
             feats.append(np.asarray(multihost_utils.process_allgather(emb, tiled=True)))
             rows.append(np.asarray(multihost_utils.process_allgather(
                 np.asarray(batch["index"]), tiled=True)))
@@ -51,11 +50,10 @@ def embed_list(embed: EmbedFn, params: Any, rest: Any, image_list: ImageList, so
     keep = rows >= 0
     out = np.zeros((n, feats.shape[1]), np.float32)
     out[rows[keep]] = feats[keep]
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(norms, 1e-12)
+    return out
 
 
-def retrieval_map(embed: EmbedFn, params: Any, rest: Any, validation: ValidationSet,
+def retrieval_map(embed: EmbedFn, validation: ValidationSet,
                   image_source_root: str, eval_config: ml_collections.ConfigDict,
                   mesh: jax.sharding.Mesh, k: int = 100) -> dict[str, float]:
     """Embeds the validation queries and index and returns ``{"map@100": ..., ...}``.
@@ -65,9 +63,9 @@ def retrieval_map(embed: EmbedFn, params: Any, rest: Any, validation: Validation
       k: ranking depth (100 for GLDv2).
     """
     queries, index = validation.query_list(), validation.index_list()
-    q = embed_list(embed, params, rest, queries, store.open_source(queries, image_source_root),
+    q = embed_list(embed, queries, store.open_source(queries, image_source_root),
                    eval_config, mesh)
-    x = embed_list(embed, params, rest, index, store.open_source(index, image_source_root),
+    x = embed_list(embed, index, store.open_source(index, image_source_root),
                    eval_config, mesh)
     _, idx = search.topk_inner_product(q, x, min(k, len(index)))
     predictions = {str(qid): [str(validation.index_ids[j]) for j in row if j >= 0]

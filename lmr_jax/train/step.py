@@ -18,7 +18,6 @@ float16 loss scaling it counts as skipped (``skipped`` + 1, the scale halves); o
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -141,17 +140,3 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
     return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, replicated),
                    donate_argnums=(0,) if donate else ())
-
-
-def make_embed_fn(graphdef: nnx.GraphDef, mesh: Mesh,
-                  compute_dtype: Any = jnp.float32) -> Callable[[Any, Any, Array], Array]:
-    """``embed(params, rest, images (B, H, W, 3)) -> (B, D)`` float32 embeddings of the model
-    part of a ``TrainModule`` graph in eval mode (running BatchNorm statistics)."""
-
-    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data")))
-    def embed(params, rest, images):
-        module = nnx.merge(graphdef, params, rest)
-        module.eval()
-        return module.model(images.astype(compute_dtype)).astype(jnp.float32)
-
-    return embed

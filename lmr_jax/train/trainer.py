@@ -40,11 +40,12 @@ from lmr_jax.data import pipeline, store
 from lmr_jax.data.lists import ImageList, ValidationSet
 from lmr_jax.models import checkpoint as model_checkpoint
 from lmr_jax.models import heads
+from lmr_jax.retrieval import embedding
 from lmr_jax.train import distributed, evaluation, losses, optim, precision
 from lmr_jax.train.checkpointing import Checkpointer
 from lmr_jax.train.logging import MetricsLogger
 from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
-from lmr_jax.train.step import make_embed_fn, make_train_step
+from lmr_jax.train.step import make_train_step
 
 MAX_STAGES = 9
 
@@ -394,9 +395,13 @@ class _StageRun:
         ecfg.batch_size = config.eval.batch_size
         ecfg.num_workers = config.data.train.num_workers
         ecfg.read_threads = config.data.train.read_threads
-        embed = make_embed_fn(graphdef, self.mesh, compute_dtype)
+        module = nnx.merge(graphdef, state.params, state.rest)
+        embed = embedding.make_embed_fn(module.model, self.mesh,
+                                        scales=tuple(config.eval.get("scales", (1.0,))),
+                                        flip=bool(config.eval.get("flip", False)),
+                                        compute_dtype=compute_dtype)
         t = time.time()
-        result = evaluation.retrieval_map(embed, state.params, state.rest, validation,
+        result = evaluation.retrieval_map(embed, validation,
                                           config.eval.images or image_root(config), ecfg,
                                           self.mesh)
         values = {f"val/{name}": float(v) for name, v in result.items()}

@@ -1,14 +1,12 @@
 """Offline retrieval evaluation driven by a config (``scripts/eval.py --config ...``).
 
 features of queries / index / reference set for one or several models (read from feature
-folders, or extracted on the fly from checkpoints) -> weighted fusion -> top-100 without and
-with each re-ranking (off, landmark_country, kreciprocal) -> ``submission_<method>.csv`` and
-``submission.csv`` (the configured method) -> GLDv2 metrics for all / Public / Private ->
-``report.json``, ``report.md`` and ``results.png`` in the work folder.
-
-Fusion: each model's features (L2-normalised) are scaled by sqrt(w / sum w) and concatenated,
-so a dot product of fused features is the weighted mean of the per-model similarities and
-fused features stay unit-norm; one model is used as it is (no copy of a memory map).
+folders, or extracted on the fly from checkpoints) -> top-100 of every configured re-ranking
+method of :mod:`lmr_jax.retrieval.rerank` (the same interface for one model and for an
+ensemble: each model keeps its own features, the methods fuse them) ->
+``submission_<method>.csv`` and ``submission.csv`` (the configured method) -> GLDv2 metrics for
+all / Public / Private -> ``report.json``, ``report.md`` and ``results.png`` in the work folder
+(``config.workdir``; default ``runs/eval/<config name>``).
 """
 
 from __future__ import annotations
@@ -19,15 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lmr_jax.retrieval import features, kreciprocal, metrics, rerank, search, submission
+from lmr_jax.data.lists import ImageList, ValidationSet
+from lmr_jax.data.store import open_source
+from lmr_jax.models.checkpoint import load_model
+from lmr_jax.retrieval import extract, features, metrics, rerank, submission, visualize
 
 log = logging.getLogger(__name__)
-
-METHODS = ("off", "landmark_country", "kreciprocal")
-FUSED_IN_MEMORY_ROWS = 1_000_000
 
 
 def _load_or_extract(model_cfg, role: str, image_list, config, workdir: Path,
@@ -41,12 +40,6 @@ def _load_or_extract(model_cfg, role: str, image_list, config, workdir: Path,
     if not config.images:
         raise ValueError(f"model {model_cfg.name!r}: extracting {role} features needs "
                          "config.images (a prepared store or the GLDv2 image root)")
-    import jax.numpy as jnp
-
-    from lmr_jax.data.store import open_source
-    from lmr_jax.models.checkpoint import load_model
-    from lmr_jax.retrieval import extract
-
     key = (model_cfg.checkpoint, model_cfg.dtype)
     if key not in cache:
         cache[key] = load_model(model_cfg.checkpoint, dtype=jnp.dtype(model_cfg.dtype))[0]
@@ -75,22 +68,6 @@ def _align(sets: list[features.FeatureSet], ids: np.ndarray, what: str
         else:
             out.append(np.asarray(fs.feats[features.positions_of(kept, fs.ids)]))
     return kept, out
-
-
-def _fuse(feats: list[np.ndarray], weights: list[float], path: Path) -> np.ndarray:
-    if len(feats) == 1:
-        return feats[0]
-    w = np.asarray(weights, np.float64) / np.sum(weights)
-    n = feats[0].shape[0]
-    if n <= FUSED_IN_MEMORY_ROWS:
-        return search.fuse_features(feats, list(w))
-    dim = sum(f.shape[1] for f in feats)
-    mm = np.lib.format.open_memmap(path, "w+", np.float16, (n, dim))
-    for s in range(0, n, search.DEFAULT_CHUNK):
-        mm[s:s + search.DEFAULT_CHUNK] = search.fuse_features(
-            [f[s:s + search.DEFAULT_CHUNK] for f in feats], list(w))
-    mm.flush()
-    return np.load(path, mmap_mode="r")
 
 
 def _solution(config, val) -> submission.RetrievalSolution:
@@ -131,16 +108,12 @@ def _markdown(results: dict[str, dict[str, Any]], chosen: str) -> str:
 
 
 def _picture(path: Path, config, val, query_ids, index_ids, topk, sol) -> str | None:
-    from lmr_jax.retrieval import visualize
-
     n_q = min(config.picture.num_queries, len(query_ids))
     n_r = min(config.picture.num_results, topk.shape[1])
     if n_q == 0 or n_r == 0:
         return None
     loaders = {}
     if config.images:
-        from lmr_jax.data.store import open_source
-
         for lst in (val.query_list(), val.index_list()):
             try:
                 src = open_source(lst, config.images)
@@ -171,21 +144,45 @@ def _picture(path: Path, config, val, query_ids, index_ids, topk, sol) -> str | 
     return str(path)
 
 
+def _rerankers(config: ml_collections.ConfigDict) -> dict[str, rerank.Reranker]:
+    """The configured methods, built with their options (unknown names or options: errors)."""
+    methods = list(config.rerank)
+    if not methods or config.submission_rerank not in methods:
+        raise ValueError(f"config.rerank must list the methods to run and contain "
+                         f"submission_rerank {config.submission_rerank!r}; got {methods} "
+                         f"(known: {', '.join(rerank.RERANKERS.names())})")
+    options = config.get("rerank_options", ml_collections.ConfigDict())
+    return {m: rerank.RERANKERS.build(m, **dict(options.get(m, {}))) for m in methods}
+
+
+def _references(config, val, models, workdir, cache
+                ) -> tuple[list[np.ndarray], rerank.References]:
+    """Every model's reference features and their labels (validation images left out)."""
+    ref_list = ImageList.load(config.reference.list)
+    ref_list = ref_list.select(ref_list.labels >= 0)
+    leak = np.isin(ref_list.ids, np.concatenate([val.query_ids, val.index_ids]))
+    if leak.any():
+        log.warning("%d reference images are validation queries or index images: removed",
+                    leak.sum())
+        ref_list = ref_list.select(~leak)
+    rsets = [_load_or_extract(m, "ref", ref_list, config, workdir, cache) for m in models]
+    ref_ids, rf = _align(rsets, ref_list.ids, "reference")
+    pos = features.positions_of(ref_ids, ref_list.ids, "reference ids")
+    return rf, rerank.References(ref_list.labels[pos], ref_list.countries[pos])
+
+
 def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Run the evaluation described by ``config`` (see configs/eval/gldv2_val.py).
 
     Returns a flat dict of the submission method's metrics plus ``"map@100_<method>"`` for
     every method run, also written to ``report.json``.
     """
-    from lmr_jax.data.lists import ImageList, ValidationSet
-
+    if not config.workdir:
+        raise ValueError("config.workdir is empty: name the output folder (scripts/eval.py "
+                         "defaults it to runs/eval/<config file name>)")
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    methods = list(config.rerank)
-    bad = [m for m in methods if m not in METHODS]
-    if bad or config.submission_rerank not in methods:
-        raise ValueError(f"config.rerank must be among {METHODS} and contain submission_rerank "
-                         f"{config.submission_rerank!r}; got {methods}")
+    rankers = _rerankers(config)
     val = ValidationSet.load(config.validation)
     sol = _solution(config, val)
     cache: dict = {}
@@ -195,38 +192,15 @@ def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
     isets = [_load_or_extract(m, "index", val.index_list(), config, workdir, cache) for m in models]
     query_ids, qf = _align(qsets, val.query_ids, "query")
     index_ids, xf = _align(isets, val.index_ids, "index")
-    q = np.asarray(_fuse(qf, weights, workdir / "fused_query.npy"), np.float32)
-    x = np.asarray(_fuse(xf, weights, workdir / "fused_index.npy"), np.float32)
-    ref_info = None
-    if "landmark_country" in methods:
-        ref_list = ImageList.load(config.reference.list)
-        ref_list = ref_list.select(ref_list.labels >= 0)
-        leak = np.isin(ref_list.ids, np.concatenate([val.query_ids, val.index_ids]))
-        if leak.any():
-            log.warning("%d reference images are validation queries or index images: removed",
-                        leak.sum())
-            ref_list = ref_list.select(~leak)
-        rsets = [_load_or_extract(m, "ref", ref_list, config, workdir, cache) for m in models]
-        ref_ids, rf = _align(rsets, ref_list.ids, "reference")
-        pos = features.positions_of(ref_ids, ref_list.ids, "reference ids")
-        ref_info = (_fuse(rf, weights, workdir / "fused_ref.npy"), ref_list.labels[pos],
-                    ref_list.countries[pos])
+    refs, references = [None] * len(models), None
+    if any(r.needs_references for r in rankers.values()):
+        refs, references = _references(config, val, models, workdir, cache)
+    feats = [rerank.ModelFeatures(q, x, r) for q, x, r in zip(qf, xf, refs, strict=True)]
     results: dict[str, dict[str, Any]] = {}
     tops: dict[str, np.ndarray] = {}
-    for method in methods:
+    for method, ranker in rankers.items():
         t0 = time.perf_counter()
-        if method == "off":
-            _, top = search.topk_inner_product(q, x, config.top_k)
-        elif method == "landmark_country":
-            lc = config.landmark_country
-            _, top = rerank.landmark_country_rerank_topk(
-                q, x, *ref_info, k=lc.k, alpha=lc.alpha, beta=lc.beta,
-                query_kreciprocal=lc.query_kreciprocal, topk=config.top_k)
-        else:
-            kr = config.kreciprocal
-            sims = kreciprocal.kreciprocal_rerank(q, x, k1=kr.k1, k2=kr.k2,
-                                                  lambda_value=kr.lambda_value)
-            top = rerank.topk_from_scores(sims, config.top_k)[1]
+        _, top = ranker(feats, weights, top_k=config.top_k, references=references)
         seconds = time.perf_counter() - t0
         sub_path = workdir / f"submission_{method}.csv"
         submission.write_retrieval_submission(sub_path, query_ids, index_ids, top)
@@ -243,7 +217,7 @@ def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
                        sol)
     report = {"methods": results, "submission_rerank": chosen, "picture": picture,
               "num_queries": len(query_ids), "num_index": len(index_ids),
-              "num_refs": None if ref_info is None else int(ref_info[0].shape[0]),
+              "num_refs": None if references is None else len(references.landmarks),
               "config": config.to_dict()}
     (workdir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True,
                                                     default=str))
