@@ -49,7 +49,7 @@ def _assert_same(ours, ref, where: str = "") -> None:
             _assert_same(ours[k], ref[k], f"{where}.{k}")
     elif isinstance(ref, list | tuple):
         assert type(ours) is type(ref) and len(ours) == len(ref), where
-        for i, (a, b) in enumerate(zip(ours, ref)):
+        for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
             _assert_same(a, b, f"{where}[{i}]")
     else:
         assert ours == ref and type(ours) is type(ref), where
@@ -156,7 +156,7 @@ def test_whole_pickled_model_is_refused_naming_its_class(tmp_path, fmt):
     with pytest.raises(CheckpointFormatError, match=r"global torch\.nn\.modules\.container\."
                                                     r"Sequential.*save model\.state_dict\(\)"):
         read_state_dict(path)
-    with pytest.raises(Exception):  # PyTorch's own weights_only loader refuses it as well
+    with pytest.raises(pickle.UnpicklingError):  # PyTorch's weights_only loader refuses it too
         torch.load(path, weights_only=True)
 
 

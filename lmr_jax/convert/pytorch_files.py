@@ -88,7 +88,7 @@ def _rebuild_tensor(storage: np.ndarray, storage_offset: int, size: tuple[int, .
     if storage_offset < 0 or any(s < 0 for s in stride):
         raise CheckpointFormatError(
             f"tensor with storage offset {storage_offset} and strides {stride}")
-    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= storage.size:
         raise CheckpointFormatError(
             f"tensor of shape {size}, strides {stride}, offset {storage_offset} reaches element "

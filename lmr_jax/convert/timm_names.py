@@ -40,7 +40,8 @@ _RESNEST_OTHER = ("a ResNeSt of another depth or radix/cardinality; lmr_jax has 
 
 # timm model name -> why no lmr_jax backbone matches (the closest one and what it would need).
 TIMM_MISMATCHES: dict[str, str] = {
-    **{f"resnet{d}{v}": _DEEP_STEM for d in (50, 101, 152) for v in ("d", "t")},
+    **{f"resnet{d}d": _DEEP_STEM for d in (50, 101, 152)},
+    "resnet50t": _DEEP_STEM,
     **{f"resnet{d}{v}": _DEEP_STEM_ONLY for d in (50, 101, 152) for v in ("c", "s")},
     "resnet101": _PLAIN_DEPTH.format(depth=101),
     "resnet152": _PLAIN_DEPTH.format(depth=152),
