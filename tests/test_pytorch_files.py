@@ -96,6 +96,7 @@ def test_views_offsets_strides_and_shared_storages(tmp_path, fmt):
     np.testing.assert_array_equal(ours["transposed"], base.transpose(0, 2).numpy())
 
 
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # old files hold them
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nested_containers_parameters_and_typed_storages(tmp_path, fmt):
     gen = torch.Generator().manual_seed(2)
