@@ -1,26 +1,29 @@
 # lmr-jax: one-command set-up, tests and demo.
 #   make test   create .venv if missing, install requirements-dev.txt, run the whole suite
 #   make demo   create .venv if missing, install requirements, run the synthetic end-to-end demo
+#   make doctor create .venv if missing, install requirements, check devices, versions and
+#               one train step + embedding per device (python -m lmr_jax.doctor)
 #   make clean  remove what the demo made (runs/demo, data/demo*)
+# Both installs use the exact CPU set of constraints-cpu.txt; requirements.txt holds the ranges.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_RT := $(VENV)/.installed-runtime
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: test demo bench lint clean venv
+.PHONY: test demo doctor bench lint clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP_RT): requirements.txt | $(PY)
-	$(PY) -m pip install -q -r requirements.txt
+$(STAMP_RT): requirements.txt constraints-cpu.txt | $(PY)
+	$(PY) -m pip install -q -c constraints-cpu.txt -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-$(STAMP_DEV): requirements-dev.txt requirements.txt | $(PY)
-	$(PY) -m pip install -q -r requirements-dev.txt
+$(STAMP_DEV): requirements-dev.txt requirements.txt constraints-cpu.txt | $(PY)
+	$(PY) -m pip install -q -c constraints-cpu.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP_RT) $@
 
@@ -34,6 +37,9 @@ lint: $(STAMP_DEV)
 
 demo: $(STAMP_RT)
 	$(PY) scripts/demo.py --workdir runs/demo
+
+doctor: $(STAMP_RT)
+	$(PY) -m lmr_jax.doctor
 
 bench: $(STAMP_DEV)
 	$(PY) scripts/bench.py --quick

@@ -1,55 +1,82 @@
-"""Converts a PyTorch checkpoint into an lmr_jax model checkpoint (orbax).
+"""Converts a PyTorch or timm checkpoint into an lmr_jax model checkpoint (orbax).
 
-Examples:
-  python scripts/convert_weights.py --arch se_resnet101_ibn_a \
+Example:
+  python scripts/convert_weights.py --arch se_resnet101_ibn_a \\
       --checkpoint se_resnet101_ibn_a-fabed4e2.pth --output weights/ser101ibn_imagenet
-  python scripts/convert_weights.py --arch resnest101 --full-model \
-      --checkpoint resnest101_stage4.pth --output weights/rs101_stage4 \
-      --check-input x.npy --check-output y.npy
 
-Accepts ``.pth``/``.pt``/``.bin`` (read with ``torch.load(weights_only=True)``; needs PyTorch)
-and ``.safetensors`` (no PyTorch needed). See docs/conversion.md.
+A whole model trained with the reference code takes --full-model (and may be checked with
+--check-input x.npy --check-output y.npy); a timm checkpoint takes --format timm and its timm
+name, e.g. --format timm --arch resnest50d. Reads .pth/.pt/.bin (zip or legacy torch.save
+format, without PyTorch: only tensors and plain containers are accepted, nothing in the file
+runs) and .safetensors. See docs/conversion.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from absl import app, flags
 
 from lmr_jax.convert.convert import convert_state_dict
 from lmr_jax.convert.mapping import CheckpointMismatchError
-from lmr_jax.convert.torch_checkpoint import CheckpointFormatError, file_sha256, read_state_dict
+from lmr_jax.convert.pytorch_files import CheckpointFormatError, file_sha256, read_state_dict
+from lmr_jax.convert.timm_names import TIMM_MISMATCHES, TIMM_TO_LMR, TimmModelError, timm_arch
 from lmr_jax.models import list_models
 from lmr_jax.models.checkpoint import save_model
 
+FORMATS = ("auto", "pytorch", "timm")
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arch", required=True, choices=list_models())
-    p.add_argument("--checkpoint", required=True, help=".pth/.pt/.bin or .safetensors file")
-    p.add_argument("--output", required=True, help="directory of the model checkpoint to write")
-    p.add_argument("--full-model", action="store_true",
-                   help="the checkpoint is a whole model trained with the reference code "
-                        "(base.*, fcneck.weight, fcneck_bn.*, classifier.weight)")
-    p.add_argument("--allow-missing", action="append", default=[], metavar="PATTERN",
-                   help="glob of model keys the checkpoint may lack (kept at initialisation); "
-                        "repeatable")
-    p.add_argument("--last-stride", type=int, default=1, choices=(1, 2))
-    p.add_argument("--embed-dim", type=int, default=None,
-                   help="embedding size (default 512; with --full-model: from fcneck.weight)")
-    p.add_argument("--gem-p", type=float, default=3.0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--check-input", help="float32 NCHW .npy (normalised images) to run the "
-                                         "converted model on, in inference mode")
-    p.add_argument("--check-output", help=".npy to write: the last-stage NCHW feature map "
-                                          "(backbone) or the neck output (--full-model)")
-    args = p.parse_args(argv)
-    if (args.check_input is None) != (args.check_output is None):
-        p.error("--check-input and --check-output go together")
-    return args
+_ARCH = flags.DEFINE_string(
+    "arch", None, "lmr_jax model (" + ", ".join(list_models()) + "); with --format timm (or "
+    "auto) also a timm model name: " + ", ".join(f"{t} -> {a}" for t, a in TIMM_TO_LMR.items()))
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, ".pth/.pt/.bin or .safetensors file")
+_OUTPUT = flags.DEFINE_string("output", None, "directory of the model checkpoint to write")
+_FORMAT = flags.DEFINE_enum(
+    "format", "auto", FORMATS,
+    "key layout of the checkpoint: pytorch (the official releases and the reference code), "
+    "timm (a timm model's state_dict; --arch may be its timm name), or auto (timm when --arch "
+    "is a timm name, else pytorch; timm-only key layouts are recognised and named either way)")
+_FULL_MODEL = flags.DEFINE_boolean(
+    "full-model", False, "the checkpoint is a whole model trained with the reference code "
+    "(base.*, fcneck.weight, fcneck_bn.*, classifier.weight)")
+_ALLOW_MISSING = flags.DEFINE_multi_string(
+    "allow-missing", [], "glob of model keys the checkpoint may lack (kept at initialisation); "
+    "repeatable")
+_LAST_STRIDE = flags.DEFINE_enum("last-stride", "1", ("1", "2"), "stride of the last stage")
+_EMBED_DIM = flags.DEFINE_integer(
+    "embed-dim", None, "embedding size (default 512; with --full-model: from fcneck.weight)")
+_GEM_P = flags.DEFINE_float("gem-p", 3.0, "GeM pooling exponent")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace an existing --output")
+_CHECK_INPUT = flags.DEFINE_string(
+    "check-input", None, "float32 NCHW .npy (normalised images) to run the converted model "
+    "on, in inference mode")
+_CHECK_OUTPUT = flags.DEFINE_string(
+    "check-output", None, ".npy to write: the last-stage NCHW feature map (backbone) or the "
+    "neck output (--full-model)")
+
+flags.mark_flags_as_required(["arch", "checkpoint", "output"])
+flags.register_multi_flags_validator(
+    ["check-input", "check-output"],
+    lambda v: (v["check-input"] is None) == (v["check-output"] is None),
+    message="--check-input and --check-output go together")
+
+
+def resolve_arch(arch: str, fmt: str) -> tuple[str, str | None]:
+    """(lmr_jax arch, timm model name or None) for ``--arch`` under ``--format``.
+
+    Raises:
+      ValueError: an unknown name, or a timm name whose architecture lmr_jax lacks (the
+        message says what it would need), or a timm name with ``--format pytorch``.
+    """
+    is_timm_name = arch.split(".", 1)[0] in TIMM_TO_LMR or arch.split(".", 1)[0] in TIMM_MISMATCHES
+    if arch in list_models() and not (fmt == "timm" and is_timm_name):
+        return arch, None
+    if fmt == "pytorch" or not is_timm_name:
+        raise ValueError(f"unknown --arch {arch!r}; lmr_jax models: {', '.join(list_models())}; "
+                         "timm names (with --format timm): " + ", ".join(TIMM_TO_LMR))
+    return timm_arch(arch), arch
 
 
 def run_check(model, x_nchw: np.ndarray, full_model: bool) -> np.ndarray:
@@ -66,29 +93,44 @@ def run_check(model, x_nchw: np.ndarray, full_model: bool) -> np.ndarray:
     return np.transpose(np.asarray(model.base(x)), (0, 3, 1, 2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if os.path.exists(args.output) and not args.overwrite:
-        print(f"error: {args.output} exists (pass --overwrite to replace it)", file=sys.stderr)
+def convert() -> int:
+    """The conversion the parsed flags describe; the exit status."""
+    checkpoint, output = _CHECKPOINT.value, _OUTPUT.value
+    if os.path.exists(output) and not _OVERWRITE.value:
+        print(f"error: {output} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
-    model_kwargs = {"last_stride": args.last_stride, "gem_p": args.gem_p}
-    if args.embed_dim is not None:
-        model_kwargs["embed_dim"] = args.embed_dim
     try:
-        state_dict = read_state_dict(args.checkpoint)
-        converted = convert_state_dict(args.arch, state_dict, full_model=args.full_model,
-                                       allow_missing=args.allow_missing,
+        arch, timm_name = resolve_arch(_ARCH.value, _FORMAT.value)
+    except (TimmModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if timm_name is not None and _FULL_MODEL.value:
+        print("error: --full-model is for models trained with the reference code; a timm "
+              "checkpoint is a backbone", file=sys.stderr)
+        return 2
+    model_kwargs = {"last_stride": int(_LAST_STRIDE.value), "gem_p": _GEM_P.value}
+    if _EMBED_DIM.value is not None:
+        model_kwargs["embed_dim"] = _EMBED_DIM.value
+    try:
+        state_dict = read_state_dict(checkpoint)
+        converted = convert_state_dict(arch, state_dict, full_model=_FULL_MODEL.value,
+                                       allow_missing=_ALLOW_MISSING.value,
                                        model_kwargs=model_kwargs)
-    except (FileNotFoundError, CheckpointFormatError, CheckpointMismatchError, ImportError,
+    except (FileNotFoundError, CheckpointFormatError, CheckpointMismatchError,
             ValueError) as e:
-        print(f"error: {args.checkpoint}: {e}", file=sys.stderr)
+        print(f"error: {checkpoint}: {e}", file=sys.stderr)
         return 1
     info = converted.info
-    metadata = {"source_checkpoint": os.path.abspath(args.checkpoint),
-                "source_sha256": file_sha256(args.checkpoint), **info}
-    save_model(args.output, converted.model, converted.classifier, arch=args.arch,
-               model_kwargs=converted.model_kwargs, metadata=metadata, overwrite=args.overwrite)
-    print(f"converted {args.checkpoint} ({len(state_dict)} entries) -> {args.output}")
+    metadata = {"source_checkpoint": os.path.abspath(checkpoint),
+                "source_sha256": file_sha256(checkpoint),
+                "source_format": "timm" if timm_name else _FORMAT.value, **info}
+    if timm_name is not None:
+        metadata["timm_model"] = timm_name
+    save_model(output, converted.model, converted.classifier, arch=arch,
+               model_kwargs=converted.model_kwargs, metadata=metadata,
+               overwrite=_OVERWRITE.value)
+    source = f" (timm {timm_name} -> {arch})" if timm_name else ""
+    print(f"converted {checkpoint}{source} ({len(state_dict)} entries) -> {output}")
     if info["dropped_keys"]:
         print(f"  dropped (unused): {', '.join(info['dropped_keys'])}")
     if info["renamed_keys"]:
@@ -99,17 +141,32 @@ def main(argv: list[str] | None = None) -> int:
         print("  the retrieval head (fcneck, fcneck_bn) is freshly initialised")
     if converted.classifier is not None:
         print(f"  classifier: {converted.classifier.num_classes} classes")
-    if args.check_input:
+    if _CHECK_INPUT.value:
         try:
-            out = run_check(converted.model, np.load(args.check_input), args.full_model)
+            out = run_check(converted.model, np.load(_CHECK_INPUT.value), _FULL_MODEL.value)
         except (OSError, ValueError) as e:
-            print(f"error: the check on {args.check_input} failed (the checkpoint was "
+            print(f"error: the check on {_CHECK_INPUT.value} failed (the checkpoint was "
                   f"written): {e}", file=sys.stderr)
             return 1
-        np.save(args.check_output, out)
-        print(f"  check output {out.shape} -> {args.check_output}")
+        np.save(_CHECK_OUTPUT.value, out)
+        print(f"  check output {out.shape} -> {_CHECK_OUTPUT.value}")
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parses ``argv`` (the arguments, without the program name) and converts.
+
+    Flag errors (a missing required flag, --check-input without --check-output) exit with
+    status 1 and the reason, as ``app.run`` does.
+    """
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return convert()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(lambda argv: sys.exit(convert()))

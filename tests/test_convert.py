@@ -22,13 +22,12 @@ from safetensors.numpy import save_file
 from torch_reference import common
 from torch_reference import resnet as torch_resnet
 
-from lmr_jax.convert import torch_checkpoint
 from lmr_jax.convert.convert import (
     convert_state_dict,
     expected_key_shapes,
 )
 from lmr_jax.convert.mapping import CheckpointMismatchError, export_torch_state
-from lmr_jax.convert.torch_checkpoint import CheckpointFormatError, read_state_dict
+from lmr_jax.convert.pytorch_files import CheckpointFormatError, read_state_dict
 from lmr_jax.models.checkpoint import load_model
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -303,14 +302,6 @@ def test_whole_pickled_module_and_non_tensors_are_refused(tmp_path):
     pathlib.Path(bad).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointFormatError, match="not a valid safetensors file"):
         read_state_dict(bad)
-
-
-def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
-    path = os.path.join(tmp_path, "w.pth")
-    torch.save({"w": torch.zeros(2)}, path)
-    monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0.*safetensors"):
-        torch_checkpoint.read_state_dict(path)
 
 
 # ---------------------------------------------------------------- the command line

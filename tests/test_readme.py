@@ -37,7 +37,7 @@ def script_flags(script: Path) -> set[str]:
     """Flag names a script defines: argparse ``"--name"`` strings and absl ``DEFINE_*("name"``."""
     src = script.read_text()
     names = set(re.findall(r'"--([a-z0-9][a-z0-9_-]*)"', src))
-    names |= set(re.findall(r'DEFINE_[a-z_]+\(\s*"([a-z0-9_]+)"', src))
+    names |= set(re.findall(r'DEFINE_[a-z_]+\(\s*"([a-z0-9][a-z0-9_-]*)"', src))
     return names
 
 

@@ -9,7 +9,8 @@ Two kinds of checkpoint are accepted:
     classes (-> ``CosineClassifier``); ``base.fc.*`` is dropped.
 Loading is strict (``lmr_jax.convert.mapping.load_torch_state``): missing, unexpected and
 mis-shaped keys stop the conversion, and the error names the architecture the checkpoint
-looks like when it is not the one asked for. The squeeze-and-excitation weights of SE-ResNet
+looks like when it is not the one asked for (or, for timm's ResNet-D and SE variants, which
+lmr_jax model it would need: ``timm_names``). The squeeze-and-excitation weights of SE-ResNet
 checkpoints are loaded (the reference code skips them when it reads an ImageNet checkpoint).
 For ``resnet50`` (the reference layout, average-pool shortcuts) torchvision's key names are
 accepted as well: its layer2/layer3 shortcut ``downsample.0/.1`` become ``downsample.1/.2``,
@@ -31,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from lmr_jax.convert.mapping import CheckpointMismatchError, load_torch_state, torch_key_map
+from lmr_jax.convert.timm_names import describe_timm_variant
 from lmr_jax.models import heads, registry
 
 BACKBONE_PREFIX = "base."
@@ -167,6 +169,9 @@ def _mismatch_context(arch: str, state_dict: Mapping[str, Any], full_model: bool
     if full_model and not has_base:
         return (what + "; it has no 'base.' keys: it looks like a backbone checkpoint, "
                 "convert it without --full-model (full_model=False)")
+    timm_variant = describe_timm_variant(state_dict, BACKBONE_PREFIX if full_model else "")
+    if timm_variant is not None:
+        return what + "; " + timm_variant
     guess = guess_arch(state_dict, BACKBONE_PREFIX if full_model else "")
     if guess is not None and arch not in guess[0]:
         names, hits, total = guess
@@ -187,7 +192,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], *,
 
     Args:
       arch: a registered model name (``lmr_jax.models.list_models()``).
-      state_dict: PyTorch key -> numpy array (see ``torch_checkpoint.read_state_dict``).
+      state_dict: PyTorch key -> numpy array (see ``pytorch_files.read_state_dict``).
       full_model: the checkpoint is a whole reference model (``base.*``, neck, classifier)
         rather than a backbone.
       allow_missing: glob patterns of model keys the checkpoint may lack (they keep their
