@@ -220,6 +220,14 @@ def test_resume_redoes_only_unfinished_shards(mini_root, tmp_path):
         store.write_store(tmp_path, keys, mini_root, store.StoreOptions(shard_size=4, max_side=9))
     with pytest.raises(store.StoreError, match="planned for a different set"):
         store.write_store(tmp_path, keys[:-1], mini_root, opts)
+    # A store begun by the version that re-encoded non-JPEG files is not resumed with originals.
+    with np.load(tmp_path / "plan.npz") as z:
+        planned = z["keys"]
+    v1 = {"max_side": None, "jpeg_quality": 90, "shard_size": 4}
+    np.savez(tmp_path / "plan.npz", keys=planned, options=np.array(json.dumps(v1)),
+             version=np.array(1))
+    with pytest.raises(store.StoreError, match="started with options"):
+        store.write_store(tmp_path, keys, mini_root, opts)
 
 
 def test_verification_catches_wrong_content(mini_root, tmp_path):
