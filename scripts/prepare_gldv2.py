@@ -19,7 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gldv2", required=True, help="GLDv2 root (train/, index/, test/)")
     p.add_argument("--out", default="data/gldv2", help="output folder")
     p.add_argument("--max-side", type=int, default=None,
-                   help="re-encode images whose long side is larger (default: keep originals)")
+                   help="speed option that changes pixels: re-encode images whose long side is "
+                        "larger as JPEG (default: store every file's original bytes)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="quality of re-encoded JPEGs")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per store shard")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,

@@ -1,31 +1,54 @@
-"""Image decoding and the reference training / evaluation transforms (PIL + numpy, NHWC).
+"""Image decoding and the reference training / evaluation transforms (OpenCV + numpy, NHWC).
 
-The training transform follows the reference (SPEC.md section 3; torchvision on PIL images), in
-this order:
+Decoding and resizing follow the reference exactly (uint8 arrays equal to its own):
 
-1. decode the encoded image (PIL) and convert it to RGB;
-2. resize straight to ``size x size`` with PIL bilinear (aspect not kept), like torchvision's
-   ``Resize([size, size])`` on a PIL image;
-3. horizontal flip with probability ``flip_prob`` (``RandomHorizontalFlip``);
-4. zero padding of ``pad`` pixels on all four sides, then a random ``size x size`` crop
+1. decode with OpenCV, ``cv2.imdecode(bytes, cv2.IMREAD_COLOR)``, which is what the reference's
+   ``cv2.imread(path)`` does to the file: 3-channel BGR whatever the source (grayscale, CMYK
+   JPEG, 16-bit, palette and alpha PNG all become 8-bit BGR; alpha is dropped, not blended),
+   with the EXIF orientation tag applied (orientations 2-8 mirror / rotate the pixels, 5-8
+   swap height and width). With the pinned OpenCV (4.13) ``imdecode`` of a file's bytes and
+   ``imread`` of the file give the same array, EXIF orientations included (tested);
+2. resize straight to ``size x size`` with ``cv2.resize(image, (size, size))``: bilinear
+   (``INTER_LINEAR``), aspect not kept, no antialiasing filter when shrinking;
+3. convert BGR to RGB.
+
+GIF: the pinned OpenCV decodes GIF (the first frame of an animation). OpenCV got its GIF decoder
+in 4.11 and builds it by default from 4.12; with older OpenCV (any the reference could have used)
+``cv2.imread`` returns None for a GIF and the reference's ``cv2.resize`` then fails, so the
+reference never trained on one. lmr-jax decodes GIFs as the pinned OpenCV does rather than
+dropping them. Bytes that OpenCV cannot
+decode (empty, not an image, truncated JPEG / PNG, unsupported format) raise
+:class:`ImageDecodeError` naming the list row, never a substitute image.
+
+The training transform then follows the reference's torchvision pipeline, in this order:
+
+4. horizontal flip with probability ``flip_prob`` (``RandomHorizontalFlip``);
+5. zero padding of ``pad`` pixels on all four sides, then a random ``size x size`` crop
    (``Pad`` + ``RandomCrop``); top-left offsets are uniform in ``[0, 2 * pad]``;
-5. scale to [0, 1] and normalise, ``(x / 255 - mean) / std`` in float32 (``ToTensor`` +
-   ``Normalize``); the zero padding therefore becomes ``-mean / std``;
-6. random erasing with torchvision's algorithm (``RandomErasing(p, scale, ratio, value)``) *after*
-   normalisation, so erased pixels hold ``erase_value`` (0) in normalised space.
+6. scale to [0, 1] and normalise, ``(x / 255 - mean) / std`` in float32 (``ToTensor`` +
+   ``Normalize``), mean (0.485, 0.456, 0.406) and std 57 / 255 = 0.2235294117647059 on every
+   channel (the reference's inference code writes the same as ``(pixel - mean * 255) / 57``);
+   the zero padding therefore becomes ``-mean / std``;
+7. the reference's own random erasing (:func:`sample_erase_box`; not torchvision's
+   ``RandomErasing``) with probability ``erase_prob`` (1.0 in the recipe), *after*
+   normalisation: the box holds ``erase_value`` (0) on every channel.
 
-Steps 3-5 run as one shifted copy through a per-channel lookup table (bitwise equal to the
-float32 arithmetic of step 5, written directly in the output dtype). The random decisions of one
+Steps 4-6 run as one shifted copy through a per-channel lookup table (bitwise equal to the
+float32 arithmetic of step 6, written directly in the output dtype). The random decisions of one
 image are drawn by :meth:`TrainAugment.sample_params` from a ``np.random.Generator`` (grain's
 ``random_map`` rng) in a fixed order: flip, crop offsets, erasing.
 
-JPEG draft mode (``jpeg_draft``): PIL can decode a JPEG directly at 1/2, 1/4 or 1/8 scale
-(``Image.draft``), choosing the smallest scale that keeps both sides >= ``size``. It only changes
-anything when the source is at least twice the target on both sides (for 800x600 sources it does
-nothing at 384 and 512). Measured on synthetic 1024x768 and 1600x1200 JPEGs it made decode +
-resize 1.6-1.9x faster where it applied and changed the resized pixels by 0.5-1.3 grey levels on
-average (max 41 of 255) against a full decode; see docs/benchmarks.md. It is on by default for training (where the
-augmentation noise is far larger) and off by default for evaluation (reference pixels).
+JPEG draft decoding (``jpeg_draft``, off by default, training only as a speed-up): PIL decodes a
+JPEG directly at 1/2, 1/4 or 1/8 scale (``Image.draft``), the smallest scale that keeps both
+sides >= ``size``, applies the EXIF orientation, and the result is resized with OpenCV as above.
+It changes pixels (DCT-domain downscaling instead of decoding every pixel) and only applies to
+YCbCr JPEGs at least twice the target size on both sides; other images take the OpenCV path.
+Measured on 1024x768 and 1600x1200 photos against the OpenCV path: 0-12 % faster where it
+applies, 2-3 grey levels of mean absolute change in the resized image (docs/benchmarks.md).
+
+OpenCV's own thread pool is set to one thread when this module is imported: the pipelines
+parallelise over images (worker processes, read threads), and OpenCV's threads on top would
+oversubscribe the cores.
 """
 
 from __future__ import annotations
@@ -34,13 +57,16 @@ import dataclasses
 import io
 import math
 
+import cv2
 import ml_collections
 import ml_dtypes
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+cv2.setNumThreads(1)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-REFERENCE_STD: tuple[float, float, float] = (0.2235, 0.2235, 0.2235)
+REFERENCE_STD: tuple[float, float, float] = (57 / 255, 57 / 255, 57 / 255)
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -73,7 +99,8 @@ def default_augment_config(size: int = 384) -> ml_collections.ConfigDict:
 
     Fields: size (output side, px), pad (px, None = :func:`default_pad`), flip_prob, mean and std
     (per channel, on [0, 1] pixels), erase_prob, erase_scale (area fraction range), erase_ratio
-    (aspect range h/w), erase_value (normalised space), erase_attempts, jpeg_draft, dtype
+    (aspect range h/w, drawn uniformly), erase_value (normalised space), erase_attempts,
+    jpeg_draft (PIL draft JPEG decoding, an opt-in speed-up that changes pixels), dtype
     ("float32" or "bfloat16").
     """
     return ml_collections.ConfigDict({
@@ -84,16 +111,19 @@ def default_augment_config(size: int = 384) -> ml_collections.ConfigDict:
         "std": REFERENCE_STD,
         "erase_prob": 1.0,
         "erase_scale": (0.02, 0.2),
-        "erase_ratio": (0.3, 3.33),
+        "erase_ratio": (0.3, 1 / 0.3),
         "erase_value": 0.0,
-        "erase_attempts": 10,
-        "jpeg_draft": True,
+        "erase_attempts": 100,
+        "jpeg_draft": False,
         "dtype": "float32",
     })
 
 
 def default_eval_preprocess_config(size: int = 384) -> ml_collections.ConfigDict:
-    """Evaluation preprocessing: decode, resize straight to size x size, normalise."""
+    """Evaluation preprocessing: decode, resize straight to size x size, normalise.
+
+    Fields: size, mean, std, jpeg_draft (off: the reference's pixels), dtype.
+    """
     return ml_collections.ConfigDict({
         "size": size,
         "mean": IMAGENET_MEAN,
@@ -109,30 +139,73 @@ def _dtype(name: str) -> np.dtype:
     return DTYPES[name]
 
 
-def decode_image(data: bytes, *, draft_size: int | None = None, row: int = -1) -> Image.Image:
-    """Decodes encoded image bytes to an RGB PIL image.
+def decode_image(data: bytes, *, row: int = -1) -> np.ndarray:
+    """Decodes encoded image bytes exactly as ``cv2.imread`` decodes the file holding them.
 
     Args:
-      data: encoded image (JPEG, PNG, ...).
-      draft_size: if set and the image is a JPEG, decode at the smallest DCT scale (1/1 .. 1/8)
-        that keeps both sides >= draft_size.
+      data: encoded image (JPEG, PNG, GIF, WebP, TIFF, ... anything the pinned OpenCV reads).
+      row: list row of the image, only used in the error message.
+
+    Returns:
+      (H, W, 3) uint8 array in OpenCV's BGR channel order, EXIF orientation applied (H, W are
+      those after the rotation).
+
+    Raises:
+      ImageDecodeError: OpenCV cannot decode the bytes (empty, not an image, truncated, ...).
+    """
+    if not len(data):
+        raise ImageDecodeError(row, "empty data")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise ImageDecodeError(row, f"OpenCV error: {e}") from None
+    if image is None:
+        raise ImageDecodeError(row, "OpenCV cannot decode it (not an image, truncated or "
+                                    "corrupt, or a format this OpenCV build does not read)")
+    return image
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``cv2.resize(image, (size, size))``: bilinear, straight to (size, size, C), no antialias."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def decode_resized(data: bytes, size: int, *, jpeg_draft: bool = False, row: int = -1
+                   ) -> np.ndarray:
+    """The reference's read + resize + BGR-to-RGB: (size, size, 3) uint8 RGB.
+
+    Equal to ``cv2.cvtColor(cv2.resize(cv2.imread(path), (size, size)), cv2.COLOR_BGR2RGB)``
+    for the file holding ``data`` (bilinear resizing treats channels independently, so
+    converting after the resize gives the same array and costs less).
+
+    Args:
+      data: encoded image bytes.
+      size: output side (px).
+      jpeg_draft: decode YCbCr JPEGs with PIL at a reduced DCT scale first (faster, changes
+        pixels; see the module docstring).
       row: list row of the image, only used in the error message.
 
     Raises:
-      ImageDecodeError: the bytes are not a readable image (truncated, corrupt, empty, ...).
+      ImageDecodeError: the bytes cannot be decoded.
     """
+    if jpeg_draft and data[:3] == b"\xff\xd8\xff":
+        image = _decode_jpeg_draft(data, size, row)
+        if image is not None:
+            return resize(image, size)
+    return cv2.cvtColor(resize(decode_image(data, row=row), size), cv2.COLOR_BGR2RGB)
+
+
+def _decode_jpeg_draft(data: bytes, size: int, row: int) -> np.ndarray | None:
+    """PIL draft decode of a YCbCr JPEG at the smallest scale with both sides >= size, EXIF
+    orientation applied; (h, w, 3) uint8 RGB, or None for other JPEGs (CMYK, grayscale)."""
     try:
         image = Image.open(io.BytesIO(data))
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        return image.convert("RGB")
+        if image.mode != "RGB":
+            return None
+        image.draft("RGB", (size, size))
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(row, f"{type(e).__name__}: {e}") from None
-
-
-def resize(image: Image.Image, size: int) -> np.ndarray:
-    """Resizes straight to (size, size) with PIL bilinear; returns (size, size, 3) uint8."""
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def normalization_lut(mean, std, dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -190,18 +263,19 @@ def flip_pad_crop(image: np.ndarray, *, flip: bool, pad: int, top: int, left: in
 
 
 def sample_erase_box(rng: np.random.Generator, height: int, width: int, *,
-                     scale: tuple[float, float], ratio: tuple[float, float],
-                     attempts: int = 10) -> tuple[int, int, int, int] | None:
-    """torchvision's RandomErasing box: (top, left, h, w), or None if no attempt fits.
+                     scale: tuple[float, float] = (0.02, 0.2),
+                     ratio: tuple[float, float] = (0.3, 1 / 0.3),
+                     attempts: int = 100) -> tuple[int, int, int, int] | None:
+    """The reference's random-erasing box: (top, left, h, w) in pixels, or None if none fits.
 
-    Each attempt draws area = U(scale) * H * W and aspect = exp(U(log ratio)), sets
-    h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)) and accepts if h < H and
-    w < W; the top-left corner is then uniform over the positions that keep the box inside.
+    Each attempt draws area = U(scale) * (H * W) and aspect = U(ratio) (uniform, not
+    log-uniform), sets h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)) and accepts
+    if h < H and w < W; top is then uniform in [0, H - h] and left in [0, W - w], both ends
+    included. After ``attempts`` rejected draws nothing is erased.
     """
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(attempts):
-        area = height * width * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        area = rng.uniform(scale[0], scale[1]) * (height * width)
+        aspect = rng.uniform(ratio[0], ratio[1])
         h = int(round(math.sqrt(area * aspect)))
         w = int(round(math.sqrt(area / aspect)))
         if h < height and w < width:
@@ -268,9 +342,7 @@ class TrainAugment:
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         row = int(record["index"])
-        image = decode_image(record["image"], draft_size=self.size if self.jpeg_draft else None,
-                             row=row)
-        image = resize(image, self.size)
+        image = decode_resized(record["image"], self.size, jpeg_draft=self.jpeg_draft, row=row)
         return {"image": self.apply(image, self.sample_params(rng)),
                 "index": np.int32(row), "label": np.int32(record["label"])}
 
@@ -296,7 +368,6 @@ class EvalPreprocess:
         if record["image"] is None:
             image = np.zeros((self.size, self.size, 3), self.dtype)
             return {"image": image, "index": np.int32(row), "mask": np.bool_(False)}
-        image = decode_image(record["image"], draft_size=self.size if self.jpeg_draft else None,
-                             row=row)
-        return {"image": normalize(resize(image, self.size), self.lut), "index": np.int32(row),
+        image = decode_resized(record["image"], self.size, jpeg_draft=self.jpeg_draft, row=row)
+        return {"image": normalize(image, self.lut), "index": np.int32(row),
                 "mask": np.bool_(True)}

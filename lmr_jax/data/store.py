@@ -1,4 +1,4 @@
-"""Image store (every image once, encoded JPEG bytes in array_record files) and image sources.
+"""Image store (every image once, each file's original bytes in array_record files) and sources.
 
 Store layout (``write_store``)::
 
@@ -12,12 +12,17 @@ Each shard is an independent tfds ``GeneratorBasedBuilder`` run (manual_dir = th
 preparation skips the shards whose ``.done.json`` exists. A shard is verified before it is marked
 done: record count, key order and a content hash of every record, and a full decode of a sample.
 
-Images are checked with PIL (open + full decode). A missing, unreadable, empty, truncated or
-undecodable file is *bad*: it is left out and reported. A decodable image that is not an RGB
-JPEG (PNG, GIF, WebP, ..., grayscale or CMYK JPEG) is re-encoded to an RGB JPEG and kept
-(first frame for animations, transparency flattened on white; EXIF orientation is not applied,
-like a plain ``PIL.Image.open(...).convert('RGB')``). With ``max_side`` an image whose long side
-is larger is re-encoded with its long side ``max_side``; all other JPEGs are stored byte-for-byte.
+Every image is checked by decoding it the way training and extraction will
+(:func:`lmr_jax.data.augment.decode_image`, OpenCV, the reference's ``cv2.imread``). A missing,
+unreadable or empty file, or one OpenCV cannot decode (not an image, truncated, corrupt), is
+*bad*: it is left out and reported with the reason. Every good image is stored byte for byte,
+whatever its format (JPEG, PNG, GIF, WebP, grayscale or CMYK JPEG, EXIF orientation tag
+included), so decoding from the store gives exactly the array ``cv2.imread`` gives for the file.
+
+``max_side`` (off by default) is a speed option that changes pixels: an image whose long side
+(after EXIF rotation) is larger is decoded with OpenCV, shrunk with ``cv2.INTER_AREA`` to a long
+side of ``max_side`` and re-encoded as an upright JPEG of ``jpeg_quality``; every later epoch
+then decodes and resizes less, but the pixels are no longer the reference's.
 
 Sources (``open_source``) follow grain's ``RandomAccessDataSource`` protocol and return
 ``{"image": encoded bytes, "index": row in the ImageList}``.
@@ -39,12 +44,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from lmr_jax.data.augment import ImageDecodeError, decode_image
 from lmr_jax.data.lists import ImageList
 
-_STORE_VERSION = 1
+_STORE_VERSION = 2  # 1: non-RGB-JPEG images were re-encoded; 2: original bytes kept
 _BUILDER_VERSION = "1.0.0"
 
 
@@ -61,7 +67,8 @@ class StoreOptions:
     """How images are written.
 
     Attributes:
-      max_side: re-encode images whose long side exceeds this many pixels (None: keep sizes).
+      max_side: re-encode images whose long side exceeds this many pixels (None: keep every
+        file's original bytes); changes pixels, see the module docstring.
       jpeg_quality: JPEG quality of re-encoded images.
       shard_size: planned images per shard (the unit of parallelism and of resumption).
       verify_fraction: share of each shard's records fully decoded again after writing (the
@@ -76,7 +83,7 @@ class StoreOptions:
     def identity(self) -> dict[str, Any]:
         """The options that determine the stored bytes (a resumed store must match them)."""
         return {"max_side": self.max_side, "jpeg_quality": self.jpeg_quality,
-                "shard_size": self.shard_size}
+                "shard_size": self.shard_size, "version": _STORE_VERSION}
 
 
 def key_relpath(key: str) -> str:
@@ -87,53 +94,45 @@ def key_relpath(key: str) -> str:
 
 def check_image(data: bytes, max_side: int | None = None, quality: int = 90
                 ) -> tuple[bytes, str | None]:
-    """Validate encoded image bytes; returns (RGB JPEG bytes, what was changed or None).
+    """Validates encoded image bytes by decoding them with OpenCV as training will.
+
+    Returns:
+      (bytes to store, what was changed or None): ``data`` itself unless ``max_side`` is set and
+      the decoded image's long side exceeds it; then an upright JPEG with that long side.
 
     Raises:
-      BadImage: empty, unrecognised, truncated or otherwise undecodable data.
+      BadImage: empty, not an image, truncated, corrupt, or a format OpenCV does not read.
     """
     if not data:
         raise BadImage("empty file")
     try:
-        im = Image.open(io.BytesIO(data))
-        fmt = im.format
-    except UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised format)") from None
-    except Exception as e:  # noqa: BLE001 - PIL raises many types on corrupt headers
-        raise BadImage(f"corrupt header: {e}") from None
-    w, h = im.size
-    resize = max_side is not None and max(w, h) > max_side
-    if resize:
-        scale = max_side / max(w, h)
-        new_size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if fmt == "JPEG":
-            im.draft("RGB", new_size)  # DCT-domain downscale: decodes big JPEGs much faster
-    try:
-        im.load()
-    except Exception as e:  # noqa: BLE001
-        raise BadImage(f"truncated or corrupt {fmt}: {e}") from None
-    changes = []
-    if fmt != "JPEG":
-        changes.append(f"{fmt}->JPEG")
-    if im.mode != "RGB":
-        changes.append(f"{im.mode}->RGB")
-    if resize:
-        changes.append(f"resized {w}x{h}->{new_size[0]}x{new_size[1]}")
-    if not changes:
+        image = decode_image(data)
+    except ImageDecodeError:
+        fmt = _image_format(data)
+        if fmt is None:
+            raise BadImage("not an image (unrecognised format)") from None
+        raise BadImage(f"truncated or corrupt {fmt} (OpenCV cannot decode it)") from None
+    h, w = image.shape[:2]
+    if max_side is None or max(w, h) <= max_side:
         return data, None
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        im = Image.new("RGB", rgba.size, (255, 255, 255))
-        im.paste(rgba, mask=rgba.getchannel("A"))
-    elif im.mode.startswith("I;16"):
-        im = im.point(lambda v: v / 256).convert("L").convert("RGB")
-    else:
-        im = im.convert("RGB")
-    if resize:
-        im = im.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue(), ", ".join(changes)
+    scale = max_side / max(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise BadImage(f"OpenCV could not re-encode the {w}x{h} image as JPEG")
+    return encoded.tobytes(), f"resized {w}x{h}->{new_w}x{new_h} (re-encoded as JPEG)"
+
+
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _image_format(data: bytes) -> str | None:
+    """The image format named by the first bytes (for error messages), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -149,7 +148,7 @@ def _shard_builder_cls():
         import tensorflow_datasets as tfds
 
         class LmrImageShard(tfds.core.GeneratorBasedBuilder):
-            """One shard of an lmr-jax image store: encoded JPEG bytes plus their store key."""
+            """One shard of an lmr-jax image store: encoded image bytes plus their store key."""
 
             VERSION = tfds.core.Version(_BUILDER_VERSION)
             MANUAL_DOWNLOAD_INSTRUCTIONS = "The image root folder (GLDv2 layout)."
@@ -168,7 +167,7 @@ def _shard_builder_cls():
                 return tfds.core.DatasetInfo(
                     builder=self,
                     features=tfds.features.FeaturesDict({
-                        "image": tfds.features.Image(encoding_format="jpeg"),
+                        "image": tfds.features.Image(),  # the bytes as given
                         "key": tfds.features.Text()}),
                     disable_shuffling=True)
 
@@ -291,9 +290,9 @@ def _verify_shard(store: Path, shard: int, kept: list[str], digests: list[bytes]
                              f"(key {key!r}, expected {kept[i]!r})")
         if i in sample:
             try:
-                Image.open(io.BytesIO(rec["image"])).load()
-            except Exception as e:  # noqa: BLE001
-                raise StoreError(f"{where}: record {i} ({key}) does not decode: {e}") from e
+                decode_image(rec["image"])
+            except ImageDecodeError as e:
+                raise StoreError(f"{where}: record {i} ({key}) does not decode: {e.reason}") from e
 
 
 @dataclasses.dataclass
@@ -303,7 +302,7 @@ class StoreResult:
     Attributes:
       num_images: good images in the store.
       bad: [{"key", "path", "reason", "shard"}] images left out, over the whole store.
-      changed: number of re-encoded images (format / colour mode / size).
+      changed: number of images re-encoded because of ``max_side``.
       shards_written, shards_skipped: this run's shards and the ones already done.
       images_written: images planned in this run's shards; seconds: wall time of this run.
     """
