@@ -57,8 +57,9 @@ def run_part(args: argparse.Namespace) -> dict:
                                       "float32", channels_last=cuda, **common)
     if args.part == "pipeline":
         from lmr_jax.data import bench as data_bench
+        from lmr_jax.synthetic.render import landmark_photo_jpegs
 
-        jpegs = data_bench.synthetic_jpegs(args.pipeline_images)
+        jpegs = landmark_photo_jpegs(args.pipeline_images, width=800, height=600)
         wall, per_cpu_s = data_bench.pipeline_throughput(jpegs, args.size, num_workers=1,
                                                          batch_size=32)
         return {"img_s_per_worker": wall, "img_per_cpu_s": per_cpu_s, "images": len(jpegs),

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from lmr_jax.data.synthetic import SyntheticConfig, make_dataset
+from lmr_jax.synthetic.dataset import SyntheticConfig, make_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from lmr_jax.data import geo, gldv2, store
+from lmr_jax.data import geo, store
+from lmr_jax.datasets.gldv2 import csv_files, lists, prepare, report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-index-ids", default=None,
                    help="one-column 'id' CSV of the validation base index (e.g. the 2021 "
                         "competition index); default: a seeded sample of the GLDv2 index")
-    p.add_argument("--val-distractors", type=int, default=gldv2.DEFAULT_VAL_DISTRACTORS,
+    p.add_argument("--val-distractors", type=int, default=lists.DEFAULT_VAL_DISTRACTORS,
                    help="size of that sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -46,17 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     options = store.StoreOptions(max_side=args.max_side, jpeg_quality=args.jpeg_quality,
                                  shard_size=args.shard_size, verify_fraction=args.verify_fraction)
     try:
-        val_ids = gldv2.read_id_list(args.val_index_ids) if args.val_index_ids else None
-        summary = gldv2.prepare(
+        val_ids = csv_files.read_id_list(args.val_index_ids) if args.val_index_ids else None
+        summary = prepare.prepare(
             args.gldv2, args.out, country_dir=args.country_dir, country_csv=args.country_csv,
             store_options=options, workers=args.workers, max_bad_fraction=args.max_bad_fraction,
             val_index_ids=val_ids, val_distractors=args.val_distractors, seed=args.seed,
             progress=not args.no_progress)
-    except (gldv2.GldFormatError, gldv2.PreparationError, store.StoreError,
+    except (csv_files.GldFormatError, prepare.PreparationError, store.StoreError,
             geo.CountryFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(gldv2.format_summary(summary))
+    print(report.format_summary(summary))
     return 0
 
 

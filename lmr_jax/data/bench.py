@@ -1,4 +1,4 @@
-"""Training input-pipeline throughput on synthetic GLDv2-like JPEGs (images/s per worker process).
+"""Training input-pipeline throughput on synthetic landmark JPEGs (images/s per worker process).
 
 Measures, for each output size and each image set (original ~800x600 JPEGs and the same images
 re-encoded with the long side capped at 640 px, like a ``--max-side 640`` store):
@@ -25,37 +25,16 @@ import time
 import types
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from lmr_jax.data import augment, pipeline
-
-
-def synthetic_photo(rng: np.random.Generator, width: int = 800, height: int = 600) -> Image.Image:
-    """A photo-like RGB image: smooth colour field, random shapes, slight blur, sensor noise."""
-    field = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    image = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(40):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        box = [x0, y0, x0 + int(rng.integers(10, 300)), y0 + int(rng.integers(10, 300))]
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour)
-    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.int16)
-    pixels = pixels + rng.normal(0, 10, pixels.shape).astype(np.int16)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+from lmr_jax.synthetic.render import landmark_photo_jpegs
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def synthetic_jpegs(n: int, *, width: int = 800, height: int = 600, quality: int = 90,
-                    seed: int = 0) -> list[bytes]:
-    """``n`` synthetic photo JPEGs (800x600 at quality 90: about 150 KB each)."""
-    rng = np.random.default_rng(seed)
-    return [_jpeg(synthetic_photo(rng, width, height), quality) for _ in range(n)]
 
 
 def cap_long_side(jpegs: list[bytes], max_side: int = 640, quality: int = 90) -> list[bytes]:
@@ -174,7 +153,7 @@ def run_benchmark(*, sizes: tuple[int, ...] = (384, 512), num_images: int = 200,
     size, draft_effect results)}.
     """
     n = 48 if quick else num_images
-    originals = synthetic_jpegs(n)
+    originals = landmark_photo_jpegs(n, width=800, height=600)
     capped = cap_long_side(originals, 640)
     repeats = 1 if quick else 3
     rows = []
@@ -191,7 +170,7 @@ def run_benchmark(*, sizes: tuple[int, ...] = (384, 512), num_images: int = 200,
             rows.append(row)
     draft_rows = []
     for w, h in ((1024, 768), (1600, 1200)):
-        large = synthetic_jpegs(4 if quick else 12, width=w, height=h, seed=1)
+        large = landmark_photo_jpegs(4 if quick else 12, width=w, height=h, seed=1)
         for size in sizes:
             draft_rows.append({"resolution": f"{w}x{h}", "size": size,
                                **draft_effect(large, size, repeats=repeats)})
