@@ -1,6 +1,7 @@
 # lmr-jax: one-command set-up, tests and demo.
 #   make test   create .venv if missing, install requirements-dev.txt, run the whole suite
 #   make demo   create .venv if missing, install requirements, run the synthetic end-to-end demo
+#   make bench  the benchmarks' quick run (python -m benchmarks.summary --quick)
 #   make clean  remove what the demo made (runs/demo, data/demo*)
 PYTHON ?= python3
 VENV := .venv
@@ -30,13 +31,13 @@ test: $(STAMP_DEV)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint: $(STAMP_DEV)
-	$(VENV)/bin/ruff check lmr_jax scripts tests configs
+	$(VENV)/bin/ruff check lmr_jax benchmarks scripts tests configs
 
 demo: $(STAMP_RT)
 	$(PY) scripts/demo.py --workdir runs/demo
 
 bench: $(STAMP_DEV)
-	$(PY) scripts/bench.py --quick
+	$(PY) -m benchmarks.summary --quick
 
 clean:
 	rm -rf runs/demo data/demo data/demo_prepared

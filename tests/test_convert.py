@@ -19,8 +19,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
-from torch_reference import common
-from torch_reference import resnet as torch_resnet
 
 from lmr_jax.convert import torch_checkpoint
 from lmr_jax.convert.convert import (
@@ -30,6 +28,8 @@ from lmr_jax.convert.convert import (
 from lmr_jax.convert.mapping import CheckpointMismatchError, export_torch_state
 from lmr_jax.convert.torch_checkpoint import CheckpointFormatError, read_state_dict
 from lmr_jax.models.checkpoint import load_model
+from tests.torch_reference import common
+from tests.torch_reference import resnet as torch_resnet
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BACKBONE_MANIFESTS = ("resnet50", "resnet101_ibn_a", "resnext101_ibn_a", "se_resnet101_ibn_a",

@@ -13,6 +13,12 @@ Each is given per wall-clock second and per CPU second of the process(es) doing 
 CPU time read from /proc, Linux only); on a machine shared with other jobs the CPU-second figure
 is the stable one. Every figure is a median over repeats.
 :func:`draft_effect` measures what JPEG draft decoding saves and changes on large originals.
+The images are views of synthetic landmarks (:func:`lmr_jax.synthetic.render.landmark_photo_jpegs`).
+
+Prints markdown tables for docs/benchmarks.md::
+
+    python -m benchmarks.input_pipeline                 # about 3 minutes on 2 cores
+    python -m benchmarks.input_pipeline --quick --sizes 384
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import platform
 import statistics
 import time
 import types
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
 from lmr_jax.data import augment, pipeline
@@ -196,3 +204,19 @@ def to_markdown(results: dict[str, list[dict]]) -> str:
                      f"{r['draft_ms']:.2f} | {r['mean_abs_diff']:.2f} | "
                      f"{r['max_abs_diff']:.0f} |")
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    results = run_benchmark(sizes=tuple(f.sizes), num_images=f.images, quick=f.quick)
+    print(f"machine: {platform.processor() or platform.machine()}, python "
+          f"{platform.python_version()}")
+    print(to_markdown(results))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_bool("quick", False, "48 images, one repeat, one worker count.")
+    flags.DEFINE_multi_integer("sizes", [384, 512], "Output sizes (repeat the flag).")
+    flags.DEFINE_integer("images", 200, "Synthetic JPEGs per set.")
+    app.run(main)
