@@ -58,7 +58,7 @@ def jax_throughput(arch: str, *, mode: str, batch: int, size: int, dtype: str,
         graphdef, initial_state = create_train_state(module, tx)
         initial_state = distributed.replicate(initial_state, mesh)
         sharding = jax.tree.map(lambda x: x.sharding, initial_state)
-        step = make_train_step(graphdef, losses.make_loss("arcface"), tx, mesh,
+        step = make_train_step(graphdef, losses.LOSSES.build("arcface"), tx, mesh,
                                state_sharding=sharding, compute_dtype=compute)
         states = [initial_state]  # the step donates its input state: keep only the newest
 

@@ -173,7 +173,7 @@ def build_module(config: ml_collections.ConfigDict, k: int, num_classes: int,
                 f"run stage {prev} first (--config.stages={prev},{k}) or set "
                 f"--config.stage{k}.init_from=<model checkpoint>")
     seed = config.seed * 1000 + k
-    cls_cfg = dict(num_subcenters=config.loss.num_subcenters, dtype=jnp.float32)
+    cls_cfg = dict(num_subcenters=config.classifier.num_subcenters, dtype=jnp.float32)
     if src:
         model, old_cls, _ = _load_init(src, config, compute_dtype)
         how = f"from {src}"
@@ -184,9 +184,10 @@ def build_module(config: ml_collections.ConfigDict, k: int, num_classes: int,
     classifier = heads.CosineClassifier(config.model.embed_dim, num_classes,
                                         rngs=nnx.Rngs(seed + 1), **cls_cfg)
     if old_cls is not None:
-        if old_cls.num_subcenters != config.loss.num_subcenters:
+        if old_cls.num_subcenters != config.classifier.num_subcenters:
             raise ValueError(f"{src}: classifier has {old_cls.num_subcenters} sub-centres, "
-                             f"config.loss.num_subcenters is {config.loss.num_subcenters}")
+                             f"config.classifier.num_subcenters is "
+                             f"{config.classifier.num_subcenters}")
         if old_cls.num_classes > num_classes:
             raise ValueError(f"{src}: classifier has {old_cls.num_classes} classes, more than "
                              f"the {num_classes} of stage {k}'s list")
@@ -248,15 +249,10 @@ class _StageRun:
             weight_decay_bias=sc.weight_decay_bias, bias_lr_factor=config.optim.bias_lr_factor,
             momentum=config.optim.momentum, warmup_factor=config.optim.warmup_factor,
             min_factor=config.optim.min_lr_factor, frozen=tuple(config.optim.frozen))
-        margins = None
-        if config.loss.name == "subcenter_arcface":
-            labels = image_list.labels[image_list.labels >= 0]
-            margins = losses.dynamic_margins(np.bincount(labels, minlength=num_classes),
-                                             margin_min=config.loss.dynamic_margin_min,
-                                             margin_range=config.loss.dynamic_margin_range)
-        loss_fn = losses.make_loss(config.loss.name, scale=sc.logit_scale, margin=sc.margin,
-                                   label_smoothing=config.loss.label_smoothing,
-                                   class_margins=margins)
+        labels = image_list.labels[image_list.labels >= 0]
+        loss_fn = losses.LOSSES.build_selected(config.loss, context={
+            "scale": sc.logit_scale, "margin": sc.margin,
+            "class_counts": np.bincount(labels, minlength=num_classes)})
         loss_scale = (precision.LossScale.create(config.loss_scale.init,
                                                  growth_interval=config.loss_scale.growth_interval)
                       if compute_dtype == jnp.float16 else None)
