@@ -30,6 +30,14 @@ from typing import Any, Generic, TypeVar
 Factory = TypeVar("Factory", bound=Callable[..., Any])
 
 
+def _parameters(factory: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The parameters of a factory; of a class, those of its ``__init__`` without ``self``
+    (metaclasses such as NNX's hide the constructor's signature from ``inspect.signature``)."""
+    if inspect.isclass(factory):
+        return list(inspect.signature(factory.__init__).parameters.values())[1:]
+    return list(inspect.signature(factory).parameters.values())
+
+
 class Registry(Generic[Factory]):
     """Factories of one kind of component, by name.
 
@@ -80,7 +88,7 @@ class Registry(Generic[Factory]):
 
     def accepted_kwargs(self, name: str) -> list[str]:
         """The keyword arguments ``build(name, ...)`` accepts (the factory's named parameters)."""
-        params = inspect.signature(self.get(name)).parameters.values()
+        params = _parameters(self.get(name))
         return [p.name for p in params
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
@@ -92,7 +100,7 @@ class Registry(Generic[Factory]):
             message names them and lists the accepted ones).
         """
         factory = self.get(name)
-        params = inspect.signature(factory).parameters.values()
+        params = _parameters(factory)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             accepted = self.accepted_kwargs(name)
             unknown = sorted(set(kwargs) - set(accepted))

@@ -23,7 +23,7 @@ from lmr_jax.convert.convert import convert_state_dict
 from lmr_jax.convert.mapping import CheckpointMismatchError
 from lmr_jax.convert.torch_checkpoint import CheckpointFormatError, file_sha256, read_state_dict
 from lmr_jax.models import list_models
-from lmr_jax.models.checkpoint import save_model
+from lmr_jax.models.saved_model import save_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     info = converted.info
     metadata = {"source_checkpoint": os.path.abspath(args.checkpoint),
                 "source_sha256": file_sha256(args.checkpoint), **info}
-    save_model(args.output, converted.model, converted.classifier, arch=args.arch,
-               model_kwargs=converted.model_kwargs, metadata=metadata, overwrite=args.overwrite)
+    save_model(args.output, converted.model, converted.classifier, config=converted.config,
+               metadata=metadata, overwrite=args.overwrite)
     print(f"converted {args.checkpoint} ({len(state_dict)} entries) -> {args.output}")
     if info["dropped_keys"]:
         print(f"  dropped (unused): {', '.join(info['dropped_keys'])}")

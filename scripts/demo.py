@@ -73,13 +73,13 @@ def save_untrained(path: str) -> None:
     from flax import nnx
 
     from lmr_jax import models
-    from lmr_jax.models.checkpoint import save_model
+    from lmr_jax.models.saved_model import save_model
     from lmr_jax.train import trainer
 
     config = train_config()
-    kwargs = trainer.model_kwargs(config)
-    model = models.create(config.model.name, rngs=nnx.Rngs(config.seed), **kwargs)
-    save_model(str(REPO / path), model, arch=config.model.name, model_kwargs=kwargs,
+    model_config = trainer.model_config(config)
+    model = models.create(model_config, rngs=nnx.Rngs(config.seed))
+    save_model(str(REPO / path), model, config=model_config,
                metadata={"source": f"untrained initialisation (seed {config.seed})"})
     print(f"wrote {path}")
 

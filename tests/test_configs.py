@@ -30,7 +30,7 @@ def test_config_loads_and_is_consistent(path):
     stages = trainer.parse_stages(config)
     from lmr_jax import models
 
-    assert config.model.name in models.list_models()
+    assert config.model.arch in models.list_models()
     for k in stages:
         sc = config[f"stage{k}"]
         assert sc.epochs > 0 and sc.base_lr > 0 and sc.batch_size > 0
@@ -70,7 +70,7 @@ REFERENCE = {
 def test_reference_schedules(name):
     config = load(os.path.join(ROOT, "configs", name))
     arch, stages = REFERENCE[name]
-    assert config.model.name == arch and config.model.last_stride == 1
+    assert config.model.arch == arch and config.model.last_stride == 1
     assert config.model.embed_dim == 512 and config.model.pooling == "gem"
     assert config.loss.name == "arcface" and config.loss.arcface.label_smoothing == 0
     assert config.optim.bias_lr_factor == 2 and config.optim.momentum == 0.9

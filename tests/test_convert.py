@@ -27,7 +27,7 @@ from lmr_jax.convert.convert import (
 )
 from lmr_jax.convert.mapping import CheckpointMismatchError, export_torch_state
 from lmr_jax.convert.torch_checkpoint import CheckpointFormatError, read_state_dict
-from lmr_jax.models.checkpoint import load_model
+from lmr_jax.models.saved_model import load_model
 from tests.torch_reference import common
 from tests.torch_reference import resnet as torch_resnet
 
@@ -172,7 +172,7 @@ def test_full_model_matches_torch(tmp_path, tiny_full, inputs):
                                                                               TINY_EMBED)
     path = _write(tmp_path, "full.pth", state, "module")
     converted = convert_state_dict("resnet_tiny", read_state_dict(path), full_model=True)
-    assert converted.model_kwargs["embed_dim"] == TINY_EMBED
+    assert converted.config.embed_dim == TINY_EMBED
     assert converted.info["dropped_keys"] == ["base.fc.bias", "base.fc.weight"]
     assert converted.info["head_from_checkpoint"] is True
     assert converted.classifier.num_classes == TINY_CLASSES

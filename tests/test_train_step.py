@@ -23,9 +23,9 @@ from flax import nnx
 from lmr_jax import models
 from lmr_jax.models import heads
 from lmr_jax.train import distributed, losses, optim, precision, trainer
-from lmr_jax.train.checkpointing import Checkpointer
 from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
 from lmr_jax.train.step import make_train_step
+from lmr_jax.train.train_checkpoints import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, EMBED, SIZE, BATCH = 5, 32, 32, 8

@@ -25,6 +25,11 @@ DType = Any
 # Global poolings (B, H, W, C) -> (B, C) float32 by name; a factory takes the model settings it
 # names (``gem_p``, ``learnable_p``, ...) as keyword arguments.
 POOLINGS: Registry[Callable[..., nnx.Module]] = Registry("pooling")
+# Heads by name: ``head(backbone, *, <settings it names>, dtype, rngs)`` -> the whole retrieval
+# model (backbone + head; (B, H, W, 3) -> (B, embed_dim)). The settings come from
+# :class:`lmr_jax.models.model_config.ModelConfig`; a new head is one registered class here or
+# in a module of ``lmr_jax.models``, plus its new settings (if any) in ModelConfig.
+HEADS: Registry[Callable[..., nnx.Module]] = Registry("head")
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
@@ -80,8 +85,11 @@ def avgmax() -> AvgMaxPool:
     return AvgMaxPool()
 
 
+@HEADS.register("bn_neck")
 class RetrievalModel(nnx.Module):
     """Backbone -> pooling -> ``fcneck`` (Linear, no bias) -> ``fcneck_bn`` (BatchNorm1d).
+
+    The ``bn_neck`` head (the reference's).
 
     ``__call__`` returns the neck BN output, not L2-normalised (as the reference model does);
     ``embed`` L2-normalises it for retrieval. ``train()``/``eval()`` switch every BatchNorm

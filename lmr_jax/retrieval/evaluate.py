@@ -44,7 +44,7 @@ def _load_or_extract(model_cfg, role: str, image_list, config, workdir: Path,
     import jax.numpy as jnp
 
     from lmr_jax.data.store import open_source
-    from lmr_jax.models.checkpoint import load_model
+    from lmr_jax.models.saved_model import load_model
     from lmr_jax.retrieval import extract
 
     key = (model_cfg.checkpoint, model_cfg.dtype)

@@ -5,7 +5,8 @@ command line (``--config.stage1.base_lr=0.01``, ``--config.stages=3,4``). Its fi
 
 * ``stages``: which stages to run, e.g. ``"1,2,3,4"`` or ``"3,4"``; stage k is ``stage<k>``.
 * ``stage<k>``: one training stage (:func:`stage`).
-* ``model``: backbone name and head settings (``lmr_jax.models.create`` arguments).
+* ``model``: the model architecture, the fields of :class:`lmr_jax.models.ModelConfig`
+  (``arch`` = backbone name, head settings).
 * ``init_checkpoint``: model checkpoint the first stage starts from (an ImageNet backbone
   converted with ``scripts/convert_weights.py``); empty = random initialisation.
 * ``loss``: classification loss: ``name`` (:data:`lmr_jax.train.losses.LOSSES`) and a
@@ -26,6 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from lmr_jax.data import pipeline
+from lmr_jax.models.model_config import ModelConfig
 
 
 def stage(name: str, image_list: str, *, image_size: int, epochs: float, base_lr: float,
@@ -67,7 +69,7 @@ def stage(name: str, image_list: str, *, image_size: int, epochs: float, base_lr
     })
 
 
-def base_config(model_name: str) -> ml_collections.ConfigDict:
+def base_config(arch: str) -> ml_collections.ConfigDict:
     """Defaults shared by every training config (reference values where they exist)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -75,10 +77,7 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.init_checkpoint = ""
     c.precision = "auto"
     c.bn_mode = "sync"
-    c.model = ml_collections.ConfigDict({
-        "name": model_name, "last_stride": 1, "embed_dim": 512, "pooling": "gem",
-        "gem_p": 3.0, "learnable_p": False,
-    })
+    c.model = ml_collections.ConfigDict(ModelConfig(arch=arch).to_dict())
     # The selected loss (lmr_jax.train.losses.LOSSES) and each loss's options; the logit
     # scale and the margin are per stage (stage<k>.logit_scale, stage<k>.margin).
     c.loss = ml_collections.ConfigDict({

@@ -7,7 +7,7 @@ order. Stage k is ``config.stage<k>``; its outputs live in ``<workdir>/stage<k>/
   iterations, at every epoch end and at the stage end; the last ``checkpoint.max_to_keep``
   are kept), from which a re-run of the same command resumes mid-stage;
 * ``export/``: the stage's final model and classifier
-  (:func:`lmr_jax.models.checkpoint.save_model`), written when the stage is complete. A stage
+  (:func:`lmr_jax.models.saved_model.save_model`), written when the stage is complete. A stage
   whose export exists is skipped on a re-run.
 
 Stage 1 starts from ``config.init_checkpoint`` (an ImageNet backbone converted with
@@ -38,13 +38,12 @@ from flax import nnx
 from lmr_jax import models
 from lmr_jax.data import pipeline, store
 from lmr_jax.data.lists import ImageList, ValidationSet
-from lmr_jax.models import checkpoint as model_checkpoint
-from lmr_jax.models import heads
+from lmr_jax.models import heads, saved_model
 from lmr_jax.train import distributed, evaluation, losses, optim, precision
-from lmr_jax.train.checkpointing import Checkpointer
 from lmr_jax.train.logging import MetricsLogger
 from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
 from lmr_jax.train.step import make_embed_fn, make_train_step
+from lmr_jax.train.train_checkpoints import Checkpointer
 
 MAX_STAGES = 9
 
@@ -118,10 +117,9 @@ def image_root(config: ml_collections.ConfigDict) -> str:
     return config.data.images or os.path.join(config.data.dir, "store")
 
 
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    m = config.model
-    return {"last_stride": m.last_stride, "embed_dim": m.embed_dim, "pooling": m.pooling,
-            "gem_p": m.gem_p, "learnable_p": m.learnable_p}
+def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
+    """The model architecture of a training config (its ``model`` sub-dict)."""
+    return models.ModelConfig.from_dict(config.model.to_dict(), where="config.model")
 
 
 def pipeline_config(config: ml_collections.ConfigDict, sc: ml_collections.ConfigDict,
@@ -141,11 +139,10 @@ def _load_init(path: str, config: ml_collections.ConfigDict, compute_dtype: Any)
     """(model, classifier or None, meta) of a model checkpoint, checked against the config."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: model checkpoint not found")
-    model, classifier, meta = model_checkpoint.load_model(path, dtype=compute_dtype,
-                                                          arch=config.model.name)
-    want = model_kwargs(config)
-    diff = {k: (v, want[k]) for k, v in meta["model_kwargs"].items()
-            if k in want and v != want[k]}
+    want = model_config(config)
+    model, classifier, meta = saved_model.load_model(path, dtype=compute_dtype, arch=want.arch)
+    saved = saved_model.model_config_of(meta, where=path).to_dict()
+    diff = {k: (v, want.to_dict()[k]) for k, v in saved.items() if v != want.to_dict()[k]}
     if diff:
         raise ValueError(f"{path}: model settings differ from config.model "
                          f"(checkpoint, config): {diff}")
@@ -178,8 +175,7 @@ def build_module(config: ml_collections.ConfigDict, k: int, num_classes: int,
         model, old_cls, _ = _load_init(src, config, compute_dtype)
         how = f"from {src}"
     else:
-        model = models.create(config.model.name, dtype=compute_dtype, rngs=nnx.Rngs(seed),
-                              **model_kwargs(config))
+        model = models.create(model_config(config), dtype=compute_dtype, rngs=nnx.Rngs(seed))
         old_cls, how = None, "from random initialisation"
     classifier = heads.CosineClassifier(config.model.embed_dim, num_classes,
                                         rngs=nnx.Rngs(seed + 1), **cls_cfg)
@@ -409,10 +405,8 @@ class _StageRun:
         module.eval()
         meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
                 "image_size": self.sc.image_size, "config_hash": config_hash(self.config)}
-        model_checkpoint.save_model(path, module.model, module.classifier,
-                                    arch=self.config.model.name,
-                                    model_kwargs=model_kwargs(self.config), metadata=meta,
-                                    overwrite=True)
+        saved_model.save_model(path, module.model, module.classifier,
+                               config=model_config(self.config), metadata=meta, overwrite=True)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
