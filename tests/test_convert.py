@@ -18,12 +18,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from safetensors.numpy import save_file
 
+from lmr_jax import models
 from lmr_jax.convert import torch_checkpoint
 from lmr_jax.convert.convert import (
+    backbone_key_shapes,
     convert_state_dict,
-    expected_key_shapes,
+    torch_key_shapes,
 )
 from lmr_jax.convert.mapping import CheckpointMismatchError, export_torch_state
 from lmr_jax.convert.torch_checkpoint import CheckpointFormatError, read_state_dict
@@ -84,6 +87,17 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------- key sets vs the manifests
+
+
+def expected_key_shapes(arch: str, *, full_model: bool = False,
+                        num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes the converter takes for ``arch`` (besides the dropped ``fc.*``);
+    for ``full_model`` as the reference whole model has them: ``base.`` + the backbone keys,
+    the neck and ``classifier.weight`` (num_classes, embed_dim)."""
+    if not full_model:
+        return backbone_key_shapes(arch)
+    abstract = nnx.eval_shape(lambda: models.create(arch, rngs=nnx.Rngs(0)))
+    return {**torch_key_shapes(abstract), "classifier.weight": (num_classes, abstract.embed_dim)}
 
 
 @pytest.mark.parametrize("arch", BACKBONE_MANIFESTS)

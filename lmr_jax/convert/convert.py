@@ -64,8 +64,8 @@ class Converted:
     info: dict[str, Any]
 
 
-def _torch_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """PyTorch key -> PyTorch shape of every state entry of ``module``."""
+def torch_key_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """PyTorch key -> PyTorch shape of every state entry of ``module`` (abstract is fine)."""
     shapes = {}
     for key, target in torch_key_map(module, prefix).items():
         var = target.variable()
@@ -78,7 +78,7 @@ def _torch_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[int, 
 def _cached_backbone_key_shapes(arch: str, last_stride: int) -> Mapping[str, tuple[int, ...]]:
     abstract = nnx.eval_shape(lambda: registry.create_backbone(
         arch, last_stride=last_stride, rngs=nnx.Rngs(0)))
-    return types.MappingProxyType(_torch_shapes(abstract))
+    return types.MappingProxyType(torch_key_shapes(abstract))
 
 
 def backbone_key_shapes(arch: str, last_stride: int = 1) -> dict[str, tuple[int, ...]]:
@@ -87,22 +87,6 @@ def backbone_key_shapes(arch: str, last_stride: int = 1) -> dict[str, tuple[int,
     Built once per arch from an abstract model (``nnx.eval_shape``: no weights initialised).
     """
     return dict(_cached_backbone_key_shapes(arch, last_stride))
-
-
-def expected_key_shapes(arch: str, *, full_model: bool = False, num_classes: int = 1000,
-                        embed_dim: int = 512, last_stride: int = 1) -> dict[str, tuple[int, ...]]:
-    """The keys and shapes the converter takes for ``arch`` (besides the dropped ``fc.*``).
-
-    For ``full_model``: ``base.`` + the backbone keys, ``fcneck.weight``, ``fcneck_bn.*`` and
-    ``classifier.weight`` (num_classes, embed_dim), as the reference whole model has them.
-    """
-    if not full_model:
-        return dict(backbone_key_shapes(arch, last_stride))
-    abstract = nnx.eval_shape(lambda: registry.create(
-        arch, last_stride=last_stride, embed_dim=embed_dim, rngs=nnx.Rngs(0)))
-    shapes = _torch_shapes(abstract)
-    shapes[CLASSIFIER_KEY] = (num_classes, embed_dim)
-    return shapes
 
 
 def guess_arch(state_dict: Mapping[str, Any], prefix: str = ""
