@@ -1,5 +1,6 @@
 """GLDv2 list semantics on the hand-written miniature (tests/data/mini_gldv2), file formats and
-bad metadata. Expected rows are derived by hand from SPEC section 1 (see the miniature's README)."""
+bad metadata. Expected rows are derived by hand from docs/reference.md (Lists) (see the
+miniature's README)."""
 
 import json
 import shutil

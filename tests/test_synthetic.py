@@ -1,5 +1,6 @@
 """Synthetic GLDv2-format dataset: layout and formats, determinism, view difficulty, and the list
-semantics of lmr_jax.datasets.gldv2 against a straightforward re-implementation of SPEC section 1."""
+semantics of lmr_jax.datasets.gldv2 against a straightforward re-implementation of
+docs/reference.md (Lists)."""
 
 import csv
 import hashlib
@@ -92,7 +93,7 @@ def test_layout_and_formats(demo):
 
 
 def reference_lists(root: Path) -> dict[str, list[tuple]]:
-    """SPEC section 1 written out plainly, with its own CSV and category handling."""
+    """docs/reference.md (Lists) written out plainly, with its own CSV and category handling."""
     def norm(cat: str) -> str:
         s = urllib.parse.unquote(cat)
         s = s.split("Category:", 1)[1] if "Category:" in s else s
