@@ -1,7 +1,7 @@
 """Training input-pipeline throughput on synthetic landmark JPEGs (images/s per worker process).
 
 Measures, for each output size and each image set (original ~800x600 JPEGs and the same images
-re-encoded with the long side capped at 640 px, like a ``--max-side 640`` store):
+re-encoded with the long side capped at 640 px, like a ``--max_side 640`` store):
 
 * ``transform``: decode + resize + augment (:class:`~lmr_jax.data.augment.TrainAugment`) of one
   image at a time in this process, one thread: the work of one worker process;

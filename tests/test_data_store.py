@@ -246,8 +246,8 @@ def test_killed_preparation_resumes(mini_root, tmp_path):
     """SIGKILL the script after its first finished shard; the rerun keeps that shard."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "scripts/prepare_gldv2.py"), "--gldv2", str(mini_root),
-           "--out", str(out), "--shard-size", "1", "--workers", "1", "--max-bad-fraction", "0.2",
-           "--val-distractors", "2", "--no-progress"]
+           "--out", str(out), "--shard_size", "1", "--workers", "1", "--max_bad_fraction", "0.2",
+           "--val_distractors", "2", "--noprogress"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = out / "store" / "shards"

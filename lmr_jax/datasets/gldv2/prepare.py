@@ -137,7 +137,7 @@ def prepare(
             f"too many bad images ({what}), more than the allowed {max_bad_fraction:.2%}; see "
             f"{report}. The store in {out / 'store'} is kept: fix or remove the bad files and "
             "delete their shards' .done.json markers to retry them, or allow more with "
-            "--max-bad-fraction.")
+            "--max_bad_fraction.")
     for name, lst in lists.items():
         lst.save(out / "lists" / f"{name}.npz")
     val_ok.save(out / "validation.npz")
