@@ -3,6 +3,7 @@
 #   make demo   create .venv if missing, install requirements, run the synthetic end-to-end demo
 #   make doctor create .venv if missing, install requirements, check devices, versions and
 #               one train step + embedding per device (python -m lmr_jax.doctor)
+#   make bench  the benchmarks' quick run (python -m benchmarks.summary --quick)
 #   make clean  remove what the demo made (runs/demo, data/demo*)
 # Both installs use the exact CPU set of constraints-cpu.txt; requirements.txt holds the ranges.
 PYTHON ?= python3
@@ -33,7 +34,7 @@ test: $(STAMP_DEV)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint: $(STAMP_DEV)
-	$(VENV)/bin/ruff check lmr_jax scripts tests configs
+	$(VENV)/bin/ruff check lmr_jax benchmarks scripts tests configs
 
 demo: $(STAMP_RT)
 	$(PY) scripts/demo.py --workdir runs/demo
@@ -42,7 +43,7 @@ doctor: $(STAMP_RT)
 	$(PY) -m lmr_jax.doctor
 
 bench: $(STAMP_DEV)
-	$(PY) scripts/bench.py --quick
+	$(PY) -m benchmarks.summary --quick
 
 clean:
 	rm -rf runs/demo data/demo data/demo_prepared

@@ -11,6 +11,13 @@ component registers its factory with a decorator next to its definition::
 and callers build it from its config sub-dict: ``LOSSES.build(cfg.name, **cfg_without_name)``.
 ``build`` checks the keyword arguments against the factory's signature, so a mistyped config
 key is an error that names the key and the accepted ones instead of being ignored.
+
+Where a config offers several components of one kind and selects one by name (a stage picks
+its sampler, a config picks its loss), the options of each live in a sub-dict named after it,
+and :meth:`Registry.build_selected` builds the selected one::
+
+    loss = {"name": "arcface", "arcface": {"label_smoothing": 0.0}, "cosface": {...}}
+    LOSSES.build_selected(loss, context={"scale": 30.0, "margin": 0.3})
 """
 
 from __future__ import annotations
@@ -21,6 +28,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 Factory = TypeVar("Factory", bound=Callable[..., Any])
+
+
+def _parameters(factory: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The parameters of a factory; of a class, those of its ``__init__`` without ``self``
+    (metaclasses such as NNX's hide the constructor's signature from ``inspect.signature``)."""
+    if inspect.isclass(factory):
+        return list(inspect.signature(factory.__init__).parameters.values())[1:]
+    return list(inspect.signature(factory).parameters.values())
 
 
 class Registry(Generic[Factory]):
@@ -73,7 +88,7 @@ class Registry(Generic[Factory]):
 
     def accepted_kwargs(self, name: str) -> list[str]:
         """The keyword arguments ``build(name, ...)`` accepts (the factory's named parameters)."""
-        params = inspect.signature(self.get(name)).parameters.values()
+        params = _parameters(self.get(name))
         return [p.name for p in params
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
@@ -85,7 +100,7 @@ class Registry(Generic[Factory]):
             message names them and lists the accepted ones).
         """
         factory = self.get(name)
-        params = inspect.signature(factory).parameters.values()
+        params = _parameters(factory)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             accepted = self.accepted_kwargs(name)
             unknown = sorted(set(kwargs) - set(accepted))
@@ -93,6 +108,34 @@ class Registry(Generic[Factory]):
                 raise ValueError(f"{self.kind} {name!r} does not take {unknown}; it takes: "
                                  f"{', '.join(accepted) or 'no options'}")
         return factory(*args, **kwargs)
+
+    def build_offered(self, name: str, /, *args: Any, context: Mapping[str, Any],
+                      **kwargs: Any) -> Any:
+        """``build(name, *args, **kwargs)`` plus the ``context`` entries the factory names.
+
+        ``context`` holds values a caller can supply to every component of the kind (a stage's
+        logit scale, a model config's fields); each factory takes the ones it declares, so one
+        component can use a value another does not take. ``kwargs`` win over ``context``.
+        """
+        accepted = set(self.accepted_kwargs(name))
+        offered = {k: v for k, v in context.items() if k in accepted}
+        return self.build(name, *args, **{**offered, **kwargs})
+
+    def build_selected(self, config: Mapping[str, Any], /, *args: Any,
+                       context: Mapping[str, Any] | None = None, **extra: Any) -> Any:
+        """Builds the component ``config["name"]`` with the options of its sub-dict.
+
+        Args:
+          config: ``{"name": selected, selected: {options}, other_name: {...}, ...}``; the
+            selected component's sub-dict may be absent (all defaults).
+          *args: positional arguments of the factory.
+          context: values offered as in :meth:`build_offered`.
+          **extra: keyword arguments passed in any case (checked like the options).
+        """
+        name = config["name"]
+        options = config.get(name) or {}
+        options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+        return self.build_offered(name, *args, context=context or {}, **{**options, **extra})
 
     def build_from_config(self, config: Mapping[str, Any], /, *args: Any,
                           name_key: str = "name", **extra: Any) -> Any:

@@ -24,7 +24,7 @@ from lmr_jax.convert.mapping import CheckpointMismatchError
 from lmr_jax.convert.pytorch_files import CheckpointFormatError, file_sha256, read_state_dict
 from lmr_jax.convert.timm_names import TIMM_MISMATCHES, TIMM_TO_LMR, TimmModelError, timm_arch
 from lmr_jax.models import list_models
-from lmr_jax.models.checkpoint import save_model
+from lmr_jax.models.saved_model import save_model
 
 FORMATS = ("auto", "pytorch", "timm")
 
@@ -126,8 +126,8 @@ def convert() -> int:
                 "source_format": "timm" if timm_name else _FORMAT.value, **info}
     if timm_name is not None:
         metadata["timm_model"] = timm_name
-    save_model(output, converted.model, converted.classifier, arch=arch,
-               model_kwargs=converted.model_kwargs, metadata=metadata,
+    save_model(output, converted.model, converted.classifier, config=converted.config,
+               metadata=metadata,
                overwrite=_OVERWRITE.value)
     source = f" (timm {timm_name} -> {arch})" if timm_name else ""
     print(f"converted {checkpoint}{source} ({len(state_dict)} entries) -> {output}")

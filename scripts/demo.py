@@ -19,7 +19,6 @@ fails, or if training did not improve on the untrained model.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -28,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from absl import app, flags
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = "configs/demo.py"
@@ -73,13 +74,13 @@ def save_untrained(path: str) -> None:
     from flax import nnx
 
     from lmr_jax import models
-    from lmr_jax.models.checkpoint import save_model
+    from lmr_jax.models.saved_model import save_model
     from lmr_jax.train import trainer
 
     config = train_config()
-    kwargs = trainer.model_kwargs(config)
-    model = models.create(config.model.name, rngs=nnx.Rngs(config.seed), **kwargs)
-    save_model(str(REPO / path), model, arch=config.model.name, model_kwargs=kwargs,
+    model_config = trainer.model_config(config)
+    model = models.create(model_config, rngs=nnx.Rngs(config.seed))
+    save_model(str(REPO / path), model, config=model_config,
                metadata={"source": f"untrained initialisation (seed {config.seed})"})
     print(f"wrote {path}")
 
@@ -90,14 +91,16 @@ def read_report(eval_dir: str) -> dict[str, float]:
     return {m: r["metrics"]["map@100"] for m, r in report["methods"].items()}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs/demo", help="where runs and reports go")
-    parser.add_argument("--data", default="data/demo", help="synthetic GLDv2 folder")
-    parser.add_argument("--prepared", default="data/demo_prepared", help="prepared data folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
-    args = parser.parse_args()
-    wd, data, prepared = args.workdir, args.data, args.prepared
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs and reports go.")
+_DATA = flags.DEFINE_string("data", "data/demo", "Synthetic GLDv2 folder.")
+_PREPARED = flags.DEFINE_string("prepared", "data/demo_prepared", "Prepared data folder.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset.")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    wd, data, prepared = _WORKDIR.value, _DATA.value, _PREPARED.value
     train_dir, untrained = f"{wd}/train", f"{wd}/untrained"
     data_flags = [f"--config.data.dir={prepared}", f"--config.init_checkpoint={untrained}"]
     total, t_start = 6, time.time()
@@ -106,7 +109,7 @@ def main() -> int:
         if (REPO / data / "synthetic_manifest.json").exists():
             print(f"{data} is complete: kept")
         else:
-            run(["scripts/make_demo_data.py", "--out", data, "--seed", str(args.seed)])
+            run(["scripts/make_demo_data.py", "--out", data, "--seed", str(_SEED.value)])
 
         banner(2, total, "preparation: lists, validation set, image store")
         run(["scripts/prepare_gldv2.py", "--gldv2", data, "--out", prepared])
@@ -156,4 +159,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-_CKPT = flags.DEFINE_string("checkpoint", None, "Model checkpoint (lmr_jax.models.checkpoint).")
+_CKPT = flags.DEFINE_string("checkpoint", None, "Model checkpoint (lmr_jax.models.saved_model).")
 _ARCH = flags.DEFINE_string("arch", None, "Without --checkpoint: a registered model with "
                             "random weights (timing and demos only).")
 _LIST = flags.DEFINE_string("list", None, "ImageList .npz to embed.")
@@ -59,7 +59,7 @@ def main(argv):
         raise app.UsageError("give exactly one of --checkpoint and --arch")
     dtype = jnp.dtype(_DTYPE.value)
     if _CKPT.value:
-        from lmr_jax.models.checkpoint import load_model
+        from lmr_jax.models.saved_model import load_model
 
         model, _, meta = load_model(_CKPT.value, dtype=dtype)
         run_config = {"checkpoint": os.path.abspath(_CKPT.value), "arch": meta["arch"]}

@@ -1,33 +1,66 @@
-"""Smoke tests of the throughput benchmark (lmr_jax.bench): both sides run and report sane
-figures. Speed itself is measured by scripts/bench.py, never asserted here."""
+"""Smoke tests of the benchmarks (benchmarks/): both sides of the throughput benchmark run and
+report sane figures; the per-query loop baseline of re-ranking agrees with lmr_jax's vectorised
+re-ranking; the timing helpers measure what they say. Speed itself is measured by
+``python -m benchmarks.summary``, never asserted here."""
 
-import sys
-from pathlib import Path
+import resource
+import time
 
+import numpy as np
 import pytest
 
-from lmr_jax import bench
-
-sys.path.insert(0, str(Path(__file__).parent))
+from benchmarks import loop_rerank, rerank, throughput, timing, torch_side
+from lmr_jax.retrieval import rerank as lmr_rerank
 
 
 @pytest.mark.parametrize("mode", ["train", "embed"])
 def test_jax_throughput_runs_the_step(mode):
-    r = bench.jax_throughput("resnet_tiny", mode=mode, batch=2, size=32, dtype="float32",
-                             num_classes=5, steps=2, warmup=0)
-    assert r["img_s"] > 0 and r["step_s"] > 0 and r["peak_gb"] > 0
+    r = throughput.jax_throughput("resnet_tiny", mode=mode, batch=2, size=32, dtype="float32",
+                                  num_classes=5, steps=2, warmup=0)
+    assert r["img_s"] > 0 and r["step_s"] > 0 and r["peak_gib"] > 0
     assert r["img_s"] == pytest.approx(2 / r["step_s"])
 
 
 def test_torch_throughput_trains_the_reference_model():
     import torch
-    from torch_reference import common
-    from torch_reference import resnet as torch_resnet
+
+    from tests.torch_reference import common
+    from tests.torch_reference import resnet as torch_resnet
 
     model = common.RetrievalHead(torch_resnet.resnet50())
     before = [p.detach().clone() for p in model.parameters()]
-    r = bench.torch_throughput(model, mode="train", batch=2, size=32, dtype="float32",
-                               channels_last=False, num_classes=5, steps=1, warmup=0)
+    r = torch_side.torch_throughput(model, mode="train", batch=2, size=32, dtype="float32",
+                                    channels_last=False, num_classes=5, steps=1, warmup=0)
     assert r["img_s"] > 0
     changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed > len(before) // 2  # the SGD step really updated the model
+
+
+def test_loop_rerank_agrees_with_the_vectorised_rerank():
+    q, x, refs, lms, cts = rerank.random_problem(6, 300, 400, 16, seed=1)
+    fast = lmr_rerank.landmark_country_rerank(q, x, refs, lms, cts)
+    slow = loop_rerank.loop_landmark_country_rerank(q, x, refs, lms, cts)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    # The bonus moved the ranking: re-ranking is not the identity on this problem.
+    assert np.abs(slow - q @ x.T).max() > 0.05
+
+
+def test_bench_vs_loop_reports_identical_rankings():
+    r = rerank.bench_vs_loop(num_queries=4, num_index=200, num_refs=300, dim=16,
+                             loop_queries=2, seed=2)
+    assert r["identical_top100_rows"] == 2 and r["max_abs_diff"] < 1e-5
+    assert set(r["vectorised_breakdown"]) == {"tags_s", "apply_s", "phase_reference_search_s",
+                                              "phase_refinement_s"}
+
+
+def test_timed_accumulates_seconds():
+    record = {}
+    for _ in range(2):
+        with timing.timed(record, "sleep"):
+            time.sleep(0.02)
+    assert 0.03 <= record["sleep"] < 1.0
+
+
+def test_peak_rss_is_in_gib():
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert timing.peak_rss_gib() == pytest.approx(kib / 2**20, rel=0.05)

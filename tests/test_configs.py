@@ -30,7 +30,7 @@ def test_config_loads_and_is_consistent(path):
     stages = trainer.parse_stages(config)
     from lmr_jax import models
 
-    assert config.model.name in models.list_models()
+    assert config.model.arch in models.list_models()
     for k in stages:
         sc = config[f"stage{k}"]
         assert sc.epochs > 0 and sc.base_lr > 0 and sc.batch_size > 0
@@ -70,9 +70,9 @@ REFERENCE = {
 def test_reference_schedules(name):
     config = load(os.path.join(ROOT, "configs", name))
     arch, stages = REFERENCE[name]
-    assert config.model.name == arch and config.model.last_stride == 1
+    assert config.model.arch == arch and config.model.last_stride == 1
     assert config.model.embed_dim == 512 and config.model.pooling == "gem"
-    assert config.loss.name == "arcface" and config.loss.label_smoothing == 0
+    assert config.loss.name == "arcface" and config.loss.arcface.label_smoothing == 0
     assert config.optim.bias_lr_factor == 2 and config.optim.momentum == 0.9
     assert trainer.parse_stages(config) == list(range(1, len(stages) + 1))
     for k, (lst, size, epochs, lr, per_gpu, warmup, wd, sampler, s, m) in enumerate(stages, 1):
@@ -123,7 +123,7 @@ def test_missing_data_and_missing_previous_stage_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"image list .*nowhere/lists/clean.npz"):
         trainer.train(config, str(tmp_path / "run"))
 
-    from test_train import CONFIG, make_dataset
+    from tests.test_train import CONFIG, make_dataset
 
     make_dataset(str(tmp_path / "data"))
     (tmp_path / "tiny.py").write_text(CONFIG.format(data_dir=str(tmp_path / "data")))

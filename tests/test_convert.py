@@ -18,17 +18,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from safetensors.numpy import save_file
-from torch_reference import common
-from torch_reference import resnet as torch_resnet
 
+from lmr_jax import models
 from lmr_jax.convert.convert import (
+    backbone_key_shapes,
     convert_state_dict,
-    expected_key_shapes,
+    torch_key_shapes,
 )
 from lmr_jax.convert.mapping import CheckpointMismatchError, export_torch_state
 from lmr_jax.convert.pytorch_files import CheckpointFormatError, read_state_dict
-from lmr_jax.models.checkpoint import load_model
+from lmr_jax.models.saved_model import load_model
+from tests.torch_reference import common
+from tests.torch_reference import resnet as torch_resnet
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BACKBONE_MANIFESTS = ("resnet50", "resnet101_ibn_a", "resnext101_ibn_a", "se_resnet101_ibn_a",
@@ -83,6 +86,17 @@ def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------- key sets vs the manifests
+
+
+def expected_key_shapes(arch: str, *, full_model: bool = False,
+                        num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes the converter takes for ``arch`` (besides the dropped ``fc.*``);
+    for ``full_model`` as the reference whole model has them: ``base.`` + the backbone keys,
+    the neck and ``classifier.weight`` (num_classes, embed_dim)."""
+    if not full_model:
+        return backbone_key_shapes(arch)
+    abstract = nnx.eval_shape(lambda: models.create(arch, rngs=nnx.Rngs(0)))
+    return {**torch_key_shapes(abstract), "classifier.weight": (num_classes, abstract.embed_dim)}
 
 
 @pytest.mark.parametrize("arch", BACKBONE_MANIFESTS)
@@ -171,7 +185,7 @@ def test_full_model_matches_torch(tmp_path, tiny_full, inputs):
                                                                               TINY_EMBED)
     path = _write(tmp_path, "full.pth", state, "module")
     converted = convert_state_dict("resnet_tiny", read_state_dict(path), full_model=True)
-    assert converted.model_kwargs["embed_dim"] == TINY_EMBED
+    assert converted.config.embed_dim == TINY_EMBED
     assert converted.info["dropped_keys"] == ["base.fc.bias", "base.fc.weight"]
     assert converted.info["head_from_checkpoint"] is True
     assert converted.classifier.num_classes == TINY_CLASSES

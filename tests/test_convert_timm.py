@@ -15,12 +15,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch_reference import common, timm_models
 
 from lmr_jax.convert.convert import backbone_key_shapes, convert_state_dict
 from lmr_jax.convert.mapping import CheckpointMismatchError
 from lmr_jax.convert.timm_names import TIMM_MISMATCHES, TIMM_TO_LMR, TimmModelError, timm_arch
-from lmr_jax.models.checkpoint import load_model
+from lmr_jax.models.saved_model import load_model
+from tests.torch_reference import common, timm_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4

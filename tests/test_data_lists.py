@@ -1,5 +1,6 @@
 """GLDv2 list semantics on the hand-written miniature (tests/data/mini_gldv2), file formats and
-bad metadata. Expected rows are derived by hand from SPEC section 1 (see the miniature's README)."""
+bad metadata. Expected rows are derived by hand from docs/reference.md (Lists) (see the
+miniature's README)."""
 
 import json
 import shutil
@@ -8,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmr_jax.data import geo, gldv2
+from lmr_jax.data import geo
 from lmr_jax.data.lists import ImageList, ValidationSet
+from lmr_jax.datasets.gldv2 import csv_files as gld_csv
+from lmr_jax.datasets.gldv2 import lists as gld_lists
 
 MINI = Path(__file__).parent / "data" / "mini_gldv2"
 
 
 @pytest.fixture(scope="module")
 def mini():
-    return gldv2.build_lists(MINI, country_by_category=geo.load_country_dir(MINI / "train/country"),
+    return gld_lists.build_lists(MINI, country_by_category=geo.load_country_dir(MINI / "train/country"),
                              val_distractors=1, seed=0)
 
 
@@ -77,7 +80,7 @@ def test_countries_and_continents(mini):
 def test_country_csv_overrides(tmp_path):
     csv = tmp_path / "countries.csv"
     csv.write_text("landmark_id,country\n7,it\n3,PL\n42,\n15,OTHER\n")
-    out = gldv2.build_lists(MINI, country_by_landmark=geo.load_country_csv(csv))
+    out = gld_lists.build_lists(MINI, country_by_landmark=geo.load_country_csv(csv))
     assert out.label_country.tolist() == ["", "IT", "PL", "", "", ""]
     assert out.lists["clean"].continents.tolist() == ["OTHER"] * 2 + ["Europe"] * 4
 
@@ -92,7 +95,7 @@ def test_validation(mini):
     gt = {f"ix0{i}" for i in range(1, 7)}
     assert gt < set(val.index_ids.tolist()) and len(val.index_ids) == 7
     assert set(val.index_ids.tolist()) - gt <= {"ix07", "ix08", "ix09"}
-    given = gldv2.build_lists(MINI, val_index_ids=["ix08", "ix01"]).validation
+    given = gld_lists.build_lists(MINI, val_index_ids=["ix08", "ix01"]).validation
     assert given.index_ids.tolist() == sorted(gt | {"ix08"})
 
 
@@ -191,13 +194,13 @@ def test_malformed_csv(tmp_path, rel, text, pattern):
     root = tmp_path / "gld"
     shutil.copytree(MINI, root)
     (root / rel).write_text(text)
-    with pytest.raises(gldv2.GldFormatError, match=pattern):
-        gldv2.build_lists(root)
+    with pytest.raises(gld_csv.GldFormatError, match=pattern):
+        gld_lists.build_lists(root)
 
 
 def test_missing_file(tmp_path):
     root = tmp_path / "gld"
     shutil.copytree(MINI, root)
     (root / "train/train.csv").unlink()
-    with pytest.raises(gldv2.GldFormatError, match="train/train.csv, train.csv found"):
-        gldv2.build_lists(root)
+    with pytest.raises(gld_csv.GldFormatError, match="train/train.csv, train.csv found"):
+        gld_lists.build_lists(root)

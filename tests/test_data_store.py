@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmr_jax.data import gldv2, store
+from lmr_jax.data import store
 from lmr_jax.data.lists import ImageList, ValidationSet, gldv2_relpath
+from lmr_jax.datasets.gldv2 import lists as gld_lists
+from lmr_jax.datasets.gldv2 import prepare as gld_prepare
+from lmr_jax.datasets.gldv2 import report as gld_report
 
 MINI = Path(__file__).parent / "data" / "mini_gldv2"
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +122,7 @@ def mini_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(mini_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep")
-    summary = gldv2.prepare(mini_root, out, store_options=store.StoreOptions(shard_size=5),
+    summary = gld_prepare.prepare(mini_root, out, store_options=store.StoreOptions(shard_size=5),
                             max_bad_fraction=0.2, val_distractors=2, progress=False)
     return out, summary
 
@@ -148,7 +151,7 @@ def test_prepare_outputs(prepared, mini_root):
     assert summary["losses"]["validation index"] == {"lost": 1, "total": 8, "fraction": 1 / 8}
     all_ = ImageList.load(out / "lists/all.npz")
     assert all_.ids[all_.splits == "index"].tolist() == ["ix01", "ix03", "ix05"]
-    text = gldv2.format_summary(summary)
+    text = gld_report.format_summary(summary)
     assert ("bad images 4 (missing file 2, not an image (unrecognised format) 1, unreadable 1)"
             in text)
 
@@ -174,7 +177,7 @@ def test_store_source_reads_what_was_prepared(prepared, mini_root):
 
 
 def test_direct_mode(mini_root, tmp_path):
-    val = gldv2.build_lists(mini_root, val_distractors=0).validation
+    val = gld_lists.build_lists(mini_root, val_distractors=0).validation
     src = store.open_source(val.query_list(), mini_root)
     assert isinstance(src, store.FileSource)
     rec = src[1]
@@ -188,9 +191,9 @@ def test_direct_mode(mini_root, tmp_path):
 
 
 def test_too_many_bad_images_stops(mini_root, tmp_path):
-    with pytest.raises(gldv2.PreparationError,
+    with pytest.raises(gld_prepare.PreparationError,
                        match=r"full: 2 of 12 images \(16.67%\).*report.json.*is kept"):
-        gldv2.prepare(mini_root, tmp_path, store_options=store.StoreOptions(shard_size=50),
+        gld_prepare.prepare(mini_root, tmp_path, store_options=store.StoreOptions(shard_size=50),
                       max_bad_fraction=0.1, val_distractors=2, progress=False)
     assert (tmp_path / "store/index.npz").is_file() and (tmp_path / "report.json").is_file()
     assert not (tmp_path / "lists").exists()
@@ -246,8 +249,8 @@ def test_killed_preparation_resumes(mini_root, tmp_path):
     """SIGKILL the script after its first finished shard; the rerun keeps that shard."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "scripts/prepare_gldv2.py"), "--gldv2", str(mini_root),
-           "--out", str(out), "--shard-size", "1", "--workers", "1", "--max-bad-fraction", "0.2",
-           "--val-distractors", "2", "--no-progress"]
+           "--out", str(out), "--shard_size", "1", "--workers", "1", "--max_bad_fraction", "0.2",
+           "--val_distractors", "2", "--noprogress"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = out / "store" / "shards"

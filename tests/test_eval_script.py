@@ -117,13 +117,13 @@ def test_eval_extracts_on_the_fly(setup, tmp_path):
     """No feature folders: the queries and index are embedded from a checkpoint and images."""
     from flax import nnx
 
-    from lmr_jax.models import create
-    from lmr_jax.models.checkpoint import save_model
+    from lmr_jax.models import ModelConfig, create
+    from lmr_jax.models.saved_model import save_model
 
     root, _, val, _ = setup
     ckpt = tmp_path / "ckpt"
-    save_model(ckpt, create("resnet_tiny", rngs=nnx.Rngs(0)), arch="resnet_tiny",
-               model_kwargs={})
+    save_model(ckpt, create("resnet_tiny", rngs=nnx.Rngs(0)),
+               config=ModelConfig(arch="resnet_tiny"))
     cfg = tmp_path / "cfg.py"
     cfg.write_text(f"""
 import importlib.util

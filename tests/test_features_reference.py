@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch_reference import common
-from torch_reference import resnet as torch_resnet
 
 from lmr_jax.convert.convert import convert_state_dict
-from lmr_jax.models.checkpoint import save_model
+from lmr_jax.models.saved_model import save_model
 from lmr_jax.retrieval import features
+from tests.torch_reference import common
+from tests.torch_reference import resnet as torch_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN_255 = np.array([123.675, 116.28, 103.53], np.float32)
@@ -64,8 +64,7 @@ def reference_and_checkpoint(tmp_path_factory):
     converted = convert_state_dict("resnet_tiny", common.numpy_state(ref), full_model=True,
                                    allow_missing=["classifier.*"])
     ckpt = tmp_path_factory.mktemp("ckpt") / "model"
-    save_model(ckpt, converted.model, None, arch="resnet_tiny",
-               model_kwargs=converted.model_kwargs)
+    save_model(ckpt, converted.model, None, config=converted.config)
     return ref, ckpt
 
 
@@ -119,7 +118,7 @@ def test_embedding_path_equals_reference_on_the_same_pixels(folder, reference_an
     import jax
     from jax.sharding import Mesh
 
-    from lmr_jax.models.checkpoint import load_model
+    from lmr_jax.models.saved_model import load_model
     from lmr_jax.retrieval import embedding
 
     ref_model, ckpt = reference_and_checkpoint

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
-from torch_reference import common
 
 from lmr_jax.convert.mapping import load_torch_state, torch_key_map
 from lmr_jax.models import create
 from lmr_jax.models.heads import AvgMaxPool, CosineClassifier, GeM, RetrievalModel
 from lmr_jax.models.layers import FrozenParam
+from tests.torch_reference import common
 
 
 def _feature_map(seed: int, shape=(3, 5, 7, 16)) -> np.ndarray:

@@ -5,15 +5,16 @@ import csv
 import numpy as np
 import pytest
 
-from lmr_jax.data import gldv2, store
+from lmr_jax.data import store
 from lmr_jax.data.lists import ImageList, LabelTable, LabelTableError
-from lmr_jax.data.synthetic import SyntheticConfig, make_dataset
+from lmr_jax.datasets.gldv2 import prepare as gld_prepare
+from lmr_jax.synthetic.dataset import SyntheticConfig, make_dataset
 
 
 def test_prepared_table_maps_labels_to_the_train_csv_landmark_ids(tmp_path):
     root = tmp_path / "gldv2"
     make_dataset(root, SyntheticConfig(num_landmarks=16, size=32, seed=2, corrupt=False))
-    gldv2.prepare(root, tmp_path / "out", store_options=store.StoreOptions(shard_size=256),
+    gld_prepare.prepare(root, tmp_path / "out", store_options=store.StoreOptions(shard_size=256),
                   progress=False)
     table = LabelTable.beside(tmp_path / "out" / "lists" / "full.npz")
     full = ImageList.load(tmp_path / "out" / "lists" / "full.npz")

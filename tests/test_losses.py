@@ -47,7 +47,7 @@ def test_arcface_matches_reference(m):
     # The fallback branch is really taken for row 0 (cos -0.99 <= -cos m).
     assert abs(float(got[0, 3]) - 30.0 * (-0.99 - math.sin(math.pi - m) * m)) < 1e-4
 
-    out = losses.make_loss("arcface", scale=30.0, margin=m)(jnp.asarray(cos), jnp.asarray(labels))
+    out = losses.LOSSES.build("arcface", scale=30.0, margin=m)(jnp.asarray(cos), jnp.asarray(labels))
     ref_loss = F.cross_entropy(ref, torch.from_numpy(labels).long(), reduction="sum")
     np.testing.assert_allclose(float(out.loss_sum), float(ref_loss), rtol=1e-5)
     assert float(out.count) == 8
@@ -68,11 +68,11 @@ def test_cosface_and_softmax_and_label_smoothing():
     tc, tl = torch.from_numpy(cos), torch.from_numpy(labels).long()
     onehot = F.one_hot(tl, 9).float()
     ref = 30.0 * (tc - 0.35 * onehot)
-    out = losses.make_loss("cosface", scale=30.0, margin=0.35)(jnp.asarray(cos), jnp.asarray(labels))
+    out = losses.LOSSES.build("cosface", scale=30.0, margin=0.35)(jnp.asarray(cos), jnp.asarray(labels))
     np.testing.assert_allclose(float(out.loss_sum),
                                float(F.cross_entropy(ref, tl, reduction="sum")), rtol=1e-5)
 
-    out = losses.make_loss("softmax", scale=16.0, label_smoothing=0.1)(jnp.asarray(cos),
+    out = losses.LOSSES.build("softmax", scale=16.0, label_smoothing=0.1)(jnp.asarray(cos),
                                                                         jnp.asarray(labels))
     # Label-smoothed CE as in the reference's CrossEntropyLabelSmooth: (1-eps) onehot + eps/C.
     target = 0.9 * onehot + 0.1 / 9
@@ -84,7 +84,7 @@ def test_negative_labels_are_ignored():
     rng = np.random.default_rng(2)
     cos = random_cosines(rng, 5, 7)
     labels = np.array([2, -1, 4, -1, 6], np.int32)
-    fn = losses.make_loss("arcface", scale=30.0, margin=0.3)
+    fn = losses.LOSSES.build("arcface", scale=30.0, margin=0.3)
     out = fn(jnp.asarray(cos), jnp.asarray(labels))
     keep = labels >= 0
     sub = fn(jnp.asarray(cos[keep]), jnp.asarray(labels[keep]))
@@ -105,14 +105,35 @@ def test_dynamic_margins_and_subcenter_loss():
     rng = np.random.default_rng(3)
     cos = random_cosines(rng, 6, 6)
     labels = np.array([0, 1, 2, 3, 4, 5], np.int32)
-    out = losses.make_loss("subcenter_arcface", scale=30.0, class_margins=margins)(
+    out = losses.LOSSES.build("subcenter_arcface", scale=30.0, class_counts=counts,
+                              dynamic_margin_min=0.05, dynamic_margin_range=0.45)(
         jnp.asarray(cos), jnp.asarray(labels))
     ref_rows = [torch_arcface_logits(torch.from_numpy(cos[i:i + 1]),
                                      torch.from_numpy(labels[i:i + 1]), 30.0,
                                      float(margins[labels[i]])) for i in range(6)]
     ref = F.cross_entropy(torch.cat(ref_rows), torch.from_numpy(labels).long(), reduction="sum")
     np.testing.assert_allclose(float(out.loss_sum), float(ref), rtol=1e-5)
-    with pytest.raises(ValueError, match="class_margins"):
-        losses.make_loss("subcenter_arcface")
+    with pytest.raises(ValueError, match="class_counts"):
+        losses.LOSSES.build("subcenter_arcface")
     with pytest.raises(ValueError, match="unknown loss"):
-        losses.make_loss("triplet")
+        losses.LOSSES.build("triplet")
+
+
+def test_the_configured_loss_gets_its_options_and_the_stage_context():
+    from lmr_jax.train.config import base_config
+
+    cfg = base_config("resnet50").loss
+    cos = jnp.asarray(random_cosines(np.random.default_rng(4), 4, 6))
+    labels = jnp.asarray([0, 1, 2, 3])
+    context = {"scale": 16.0, "margin": 0.2, "class_counts": np.ones(6)}
+    for name in losses.LOSSES.names():  # every registered loss has its config sub-dict
+        cfg.name = name
+        losses.LOSSES.build_selected(cfg, context=context)(cos, labels)
+    cfg.name = "softmax"
+    cfg.softmax.label_smoothing = 0.1
+    got = losses.LOSSES.build_selected(cfg, context=context)(cos, labels)
+    want = losses.LOSSES.build("softmax", scale=16.0, label_smoothing=0.1)(cos, labels)
+    assert float(got.loss_sum) == float(want.loss_sum)
+    cfg.softmax.margin_typo = 0.1
+    with pytest.raises(ValueError, match=r"loss 'softmax' does not take \['margin_typo'\]"):
+        losses.LOSSES.build_selected(cfg, context=context)

@@ -41,7 +41,7 @@ def test_map_missing_query_and_unknown_query():
 
 
 def _direct_ap(pred, gt, k=100):
-    """Transcription of SPEC.md 5: sum_i<=k [new & correct] * P(i) / min(|GT|, k)."""
+    """Transcription of docs/reference.md (Metrics): sum_i<=k [new & correct] * P(i) / min(|GT|, k)."""
     rel = np.zeros(k)
     for i, p in enumerate(pred[:k]):
         rel[i] = (p in gt) and (p not in pred[:i])

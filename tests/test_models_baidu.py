@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from torch_reference import baidu, common
 
 from lmr_jax.convert.mapping import load_torch_state, torch_key_map
 from lmr_jax.models import create_backbone, list_models
@@ -38,6 +37,7 @@ from lmr_jax.models.baidu_heads import (
 from lmr_jax.models.inception_v4 import InceptionV4
 from lmr_jax.models.registry import zero_initialised
 from lmr_jax.models.resnet_vd import ResNetVd
+from tests.torch_reference import baidu, common
 
 TOL = 1e-4
 BATCH = 2

@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from torch_reference import common
-from torch_reference.resnest import TorchResNeSt
 
 from lmr_jax.convert.mapping import export_torch_state, load_torch_state, torch_key_map
 from lmr_jax.models import create, list_models
 from lmr_jax.models.registry import zero_initialised
+from tests.torch_reference import common
+from tests.torch_reference.resnest import TorchResNeSt
 
 TOL = 1e-4
 BATCH = 2

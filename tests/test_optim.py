@@ -13,7 +13,7 @@ from lmr_jax.train import optim, precision
 
 
 def spec_lr(t, *, base, lr_max, epochs, warmup):
-    """SPEC.md section 3 / timm CosineLRScheduler, transcribed in plain Python floats."""
+    """docs/reference.md (Schedule) / timm CosineLRScheduler, transcribed in plain Python floats."""
     w0, lr_min = 0.01 * base, 0.002 * base
     if t < warmup:
         return w0 + t * (lr_max - w0) / warmup

@@ -15,7 +15,7 @@ from PIL import Image
 
 from lmr_jax.data import pipeline as P
 from lmr_jax.data.augment import EvalPreprocess, ImageDecodeError
-from lmr_jax.data.samplers import create_sampler
+from lmr_jax.data.samplers import SAMPLERS
 
 N = 46
 SIZE = 24
@@ -71,7 +71,7 @@ def test_batches_follow_the_sampler_epoch_after_epoch(records, image_list):
         spe = it.steps_per_epoch
         assert spe == 44 // 8                     # 44 labelled rows; last 4 of an epoch dropped
         batches = _take(it, 2 * spe)
-    sampler = create_sampler("softmax", image_list, batch_size=8, seed=cfg.seed)
+    sampler = SAMPLERS.build("softmax", image_list, batch_size=8, seed=cfg.seed)
     for epoch in range(2):
         got = np.concatenate([b["index"] for b in batches[epoch * spe:(epoch + 1) * spe]])
         np.testing.assert_array_equal(got, sampler.epoch_indices(epoch)[:spe * 8])
@@ -231,7 +231,7 @@ def test_unreadable_image_raises_an_error_naming_the_record(records, image_list,
 
 def test_dead_worker_raises_a_clear_error(records, image_list):
     cfg = _config(num_workers=1, read_threads=1, worker_buffer_size=1)
-    first_row = create_sampler("softmax", image_list, batch_size=8, seed=cfg.seed).epoch_indices(0)[0]
+    first_row = SAMPLERS.build("softmax", image_list, batch_size=8, seed=cfg.seed).epoch_indices(0)[0]
     source = _DyingSource(records, bad_row=int(first_row))
     with pytest.raises(P.DataWorkerError, match="worker process died.*exit code 3"), \
             P.make_train_iterator(source, image_list, cfg, process_index=0, process_count=1,

@@ -180,8 +180,8 @@ def test_corrupt_and_foreign_files_are_named(tmp_path):
 def test_conversion_runs_where_torch_cannot_be_imported(tmp_path):
     """The conversion path never imports PyTorch: a subprocess with ``import torch`` made to
     fail converts a .pth written by torch.save (legacy format) and a zip-format one."""
-    from torch_reference import common
-    from torch_reference import resnet as torch_resnet
+    from tests.torch_reference import common
+    from tests.torch_reference import resnet as torch_resnet
 
     ref = common.randomize_(torch_resnet.ResNetReference((1, 1, 1, 1), base=16), 5).eval()
     paths = []

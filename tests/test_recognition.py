@@ -122,13 +122,14 @@ def test_readme_command_on_synthetic_dataset_perfect_neighbours_gap_one(tmp_path
     ids: lmr-jax's own label numbers would score 0); non-landmark queries (next to nothing)
     score nothing and are predicted non-landmark with a threshold. The ground truth comes
     from the raw CSVs."""
-    from lmr_jax.data import gldv2, store
-    from lmr_jax.data.synthetic import SyntheticConfig, make_dataset
+    from lmr_jax.data import store
+    from lmr_jax.datasets.gldv2 import prepare as gld_prepare
+    from lmr_jax.synthetic.dataset import SyntheticConfig, make_dataset
 
     root = tmp_path / "gldv2"
     make_dataset(root, SyntheticConfig(num_landmarks=24, size=32, seed=5, corrupt=False))
     prepared = tmp_path / "data" / "gldv2_prepared"
-    gldv2.prepare(root, prepared, store_options=store.StoreOptions(shard_size=256),
+    gld_prepare.prepare(root, prepared, store_options=store.StoreOptions(shard_size=256),
                   progress=False)
     # Recognition ground truth from the GLDv2 files alone: query -> its index images' landmark
     # -> that landmark's category -> the train landmark of the same category.

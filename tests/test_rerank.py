@@ -1,4 +1,5 @@
-"""Re-ranking against slow, obviously-correct transcriptions of SPEC.md section 7 / Zhong et al."""
+"""Re-ranking against slow, obviously-correct transcriptions of docs/reference.md
+(Re-ranking) / Zhong et al."""
 
 import math
 
@@ -52,7 +53,7 @@ def slow_jaccard(feats, k1=10, k2=3):
 
 
 def slow_landmark_country(q, x, refs, lms, cts, k=3, alpha=1.0, beta=0.1, kr=True, topk=30):
-    """SPEC.md section 7, one query at a time, dictionaries and loops."""
+    """docs/reference.md, Re-ranking, one query at a time, dictionaries and loops."""
     refs64 = refs.astype(np.float64)
     out = np.zeros((len(q), len(x)))
     index_lm, index_ct = [], []

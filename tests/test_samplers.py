@@ -28,9 +28,9 @@ def image_list():
                                  continents=continents)
 
 
-@pytest.mark.parametrize("name", sorted(S.SAMPLERS))
+@pytest.mark.parametrize("name", S.SAMPLERS.names())
 def test_epochs_are_deterministic_and_differ(image_list, name):
-    make = lambda seed: S.create_sampler(name, image_list, batch_size=24, seed=seed)  # noqa: E731
+    make = lambda seed: S.SAMPLERS.build(name, image_list, batch_size=24, seed=seed)  # noqa: E731
     a, b = make(3), make(3)
     e0 = a.epoch_indices(0)
     assert len(e0) == a.epoch_length
@@ -43,7 +43,7 @@ def test_epochs_are_deterministic_and_differ(image_list, name):
 
 def test_softmax_is_a_permutation_without_excluded_rows(image_list):
     exclude = np.array([3, 10, 999])
-    s = S.create_sampler("softmax", image_list, batch_size=8, seed=0, exclude_rows=exclude)
+    s = S.SAMPLERS.build("softmax", image_list, batch_size=8, seed=0, exclude_rows=exclude)
     expected = np.setdiff1d(np.flatnonzero(image_list.labels >= 0), exclude)
     e = s.epoch_indices(2)
     np.testing.assert_array_equal(np.sort(e), expected)
@@ -52,7 +52,7 @@ def test_softmax_is_a_permutation_without_excluded_rows(image_list):
 
 def test_pk_batches_hold_p_identities_of_k_images(image_list):
     k, batch = 4, 32
-    s = S.create_sampler("pk", image_list, batch_size=batch, seed=1, num_instances=k,
+    s = S.SAMPLERS.build("pk", image_list, batch_size=batch, seed=1, num_instances=k,
                          exclude_rows=np.array([0, 1]))
     e = s.epoch_indices(0)
     n_eligible = np.sum(image_list.labels >= 0) - np.sum(image_list.labels[[0, 1]] >= 0)
@@ -77,13 +77,13 @@ def test_pk_batches_hold_p_identities_of_k_images(image_list):
 
 def test_pk_rejects_bad_batch_shapes(image_list):
     with pytest.raises(ValueError, match="multiple of num_instances"):
-        S.create_sampler("pk", image_list, batch_size=30, seed=0, num_instances=4)
+        S.SAMPLERS.build("pk", image_list, batch_size=30, seed=0, num_instances=4)
     with pytest.raises(ValueError, match="identities cannot fill"):
-        S.create_sampler("pk", image_list, batch_size=4 * 400, seed=0, num_instances=4)
+        S.SAMPLERS.build("pk", image_list, batch_size=4 * 400, seed=0, num_instances=4)
 
 
 def test_continent_shares_and_clean_noisy_split(image_list):
-    s = S.create_sampler("continent", image_list, batch_size=24, seed=2)
+    s = S.SAMPLERS.build("continent", image_list, batch_size=24, seed=2)
     rows = np.flatnonzero(image_list.labels >= 0)
     e = s.epoch_indices(0)
     assert len(e) == len(rows)
@@ -110,7 +110,7 @@ def test_continent_renormalises_over_present_continents():
     lst = types.SimpleNamespace(
         labels=np.arange(1000) % 10, noisy=np.zeros(1000, bool),
         continents=np.where(np.arange(1000) < 500, "Europe", "Oceania"))
-    s = S.create_sampler("continent", lst, batch_size=8, seed=0)
+    s = S.SAMPLERS.build("continent", lst, batch_size=8, seed=0)
     assert s.shares == pytest.approx({"Europe": 0.2 / 0.21, "Oceania": 0.01 / 0.21})
     e = s.epoch_indices(0)
     assert abs(np.sum(lst.continents[e] == "Oceania") - 1000 * 0.01 / 0.21) <= 1
@@ -120,15 +120,33 @@ def test_continent_rejects_unknown_continents():
     lst = types.SimpleNamespace(labels=np.zeros(4, int), noisy=np.zeros(4, bool),
                                 continents=np.array(["Asia", "Atlantis", "Asia", "Asia"]))
     with pytest.raises(ValueError, match="Atlantis"):
-        S.create_sampler("continent", lst, batch_size=2, seed=0)
+        S.SAMPLERS.build("continent", lst, batch_size=2, seed=0)
 
 
 def test_registry_and_bad_inputs(image_list):
     with pytest.raises(ValueError, match="unknown sampler 'uniform'"):
-        S.create_sampler("uniform", image_list, batch_size=8, seed=0)
+        S.SAMPLERS.build("uniform", image_list, batch_size=8, seed=0)
     with pytest.raises(ValueError, match="exclude_rows"):
-        S.create_sampler("softmax", image_list, batch_size=8, seed=0, exclude_rows=[6000])
+        S.SAMPLERS.build("softmax", image_list, batch_size=8, seed=0, exclude_rows=[6000])
     empty = types.SimpleNamespace(labels=np.full(5, -1), noisy=np.zeros(5, bool),
                                   continents=np.full(5, "Asia"))
     with pytest.raises(ValueError, match="no row with a label"):
-        S.create_sampler("softmax", empty, batch_size=8, seed=0)
+        S.SAMPLERS.build("softmax", empty, batch_size=8, seed=0)
+
+
+def test_the_selected_sampler_gets_its_config_sub_dict(image_list):
+    from lmr_jax.data.pipeline import default_train_config
+
+    cfg = default_train_config().sampler
+    cfg.name = "pk"
+    cfg.pk.num_instances = 6
+    s = S.SAMPLERS.build_selected(cfg, image_list, batch_size=24, seed=0)
+    assert isinstance(s, S.PKSampler) and s.num_instances == 6
+    cfg.name = "continent"
+    cfg.continent.clean_fraction = 1.0
+    s = S.SAMPLERS.build_selected(cfg, image_list, batch_size=24, seed=0)
+    assert isinstance(s, S.ContinentSampler) and not image_list.noisy[s.epoch_indices(0)].any()
+    cfg.pk.num_instance = 3  # a mistyped option is an error naming it, not ignored
+    cfg.name = "pk"
+    with pytest.raises(ValueError, match=r"sampler 'pk' does not take \['num_instance'\]"):
+        S.SAMPLERS.build_selected(cfg, image_list, batch_size=24, seed=0)

@@ -1,5 +1,6 @@
 """Synthetic GLDv2-format dataset: layout and formats, determinism, view difficulty, and the list
-semantics of lmr_jax.data.gldv2 against a straightforward re-implementation of SPEC section 1."""
+semantics of lmr_jax.datasets.gldv2 against a straightforward re-implementation of
+docs/reference.md (Lists)."""
 
 import csv
 import hashlib
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmr_jax.data import geo, gldv2, store
+from lmr_jax.data import geo, store
 from lmr_jax.data.lists import ImageList, gldv2_relpath
-from lmr_jax.data.synthetic import SyntheticConfig, make_dataset
+from lmr_jax.datasets.gldv2 import lists as gld_lists
+from lmr_jax.datasets.gldv2 import prepare as gld_prepare
+from lmr_jax.synthetic.dataset import SyntheticConfig, make_dataset
 
 CFG = SyntheticConfig(num_landmarks=24, size=64, seed=3)
 
@@ -89,7 +92,7 @@ def test_layout_and_formats(demo):
 
 
 def reference_lists(root: Path) -> dict[str, list[tuple]]:
-    """SPEC section 1 written out plainly, with its own CSV and category handling."""
+    """docs/reference.md (Lists) written out plainly, with its own CSV and category handling."""
     def norm(cat: str) -> str:
         s = urllib.parse.unquote(cat)
         s = s.split("Category:", 1)[1] if "Category:" in s else s
@@ -147,8 +150,8 @@ def as_rows(lst: ImageList) -> list[tuple]:
 
 def test_lists_match_reference(demo):
     root, manifest = demo
-    built = gldv2.build_lists(root, country_by_category=geo.load_country_dir(
-        gldv2.default_country_dir(root)))
+    built = gld_lists.build_lists(root, country_by_category=geo.load_country_dir(
+        gld_lists.default_country_dir(root)))
     ref = reference_lists(root)
     for name in ("clean", "c2x", "full", "all"):
         assert as_rows(built.lists[name]) == ref[name], name
@@ -194,7 +197,7 @@ def test_views_are_related_but_not_trivial(demo):
 def test_prepare_synthetic_end_to_end(demo, tmp_path):
     root, manifest = demo
     # 4 bad files are ~1.5% of this small set's train images: allow 2%.
-    summary = gldv2.prepare(root, tmp_path, store_options=store.StoreOptions(shard_size=64),
+    summary = gld_prepare.prepare(root, tmp_path, store_options=store.StoreOptions(shard_size=64),
                             workers=2, max_bad_fraction=0.02, progress=False)
     bad = {k: v for k, v in manifest["corrupt"].items()
            if v in ("truncated", "empty", "missing", "html")}

@@ -29,7 +29,7 @@ from flax import nnx
 from PIL import Image
 
 from lmr_jax.data.lists import ImageList
-from lmr_jax.models import checkpoint as model_checkpoint
+from lmr_jax.models import saved_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -113,7 +113,7 @@ def run(setup, workdir, *extra, env=None):
 
 
 def final_params(workdir):
-    model, classifier, meta = model_checkpoint.load_model(os.path.join(workdir, "stage2",
+    model, classifier, meta = saved_model.load_model(os.path.join(workdir, "stage2",
                                                                        "export"))
     assert meta["num_classes"] == 8 and classifier.num_classes == 8
     leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]

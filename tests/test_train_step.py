@@ -23,9 +23,9 @@ from flax import nnx
 from lmr_jax import models
 from lmr_jax.models import heads
 from lmr_jax.train import distributed, losses, optim, precision, trainer
-from lmr_jax.train.checkpointing import Checkpointer
 from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
 from lmr_jax.train.step import make_train_step
+from lmr_jax.train.train_checkpoints import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, EMBED, SIZE, BATCH = 5, 32, 32, 8
@@ -51,7 +51,7 @@ def make(module, tx, loss_scale=None):
     mesh = distributed.make_mesh(jax.devices()[:1])
     graphdef, state = create_train_state(module, tx, loss_scale=loss_scale)
     state = distributed.replicate(state, mesh)
-    step = make_train_step(graphdef, losses.make_loss("arcface", scale=30.0, margin=0.3), tx,
+    step = make_train_step(graphdef, losses.LOSSES.build("arcface", scale=30.0, margin=0.3), tx,
                            mesh, state_sharding=jax.tree.map(lambda a: a.sharding, state),
                            donate=False)
     return mesh, step, state
@@ -148,7 +148,7 @@ PER_DEVICE_SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
     y = np.array([0, 1, 2, 3, 1, -1, 2, 0, 3, 3, 2, 1, 0, 1, 2, 3], np.int32)  # one ignored
-    loss_fn = losses.make_loss("arcface")
+    loss_fn = losses.LOSSES.build("arcface")
     tx = optim.make_optimizer(steps_per_epoch=4, base_lr=0.1, epochs=1, warmup_epochs=0,
                               weight_decay=0.0, weight_decay_bias=0.0)
     mesh = distributed.make_mesh()
@@ -217,7 +217,7 @@ def test_grow_rows_keeps_first_classes():
 
 
 def test_divergence_stops_with_the_step_and_keeps_a_usable_checkpoint(tmp_path):
-    from test_train import CONFIG, make_dataset
+    from tests.test_train import CONFIG, make_dataset
 
     make_dataset(str(tmp_path / "data"))
     (tmp_path / "cfg.py").write_text(CONFIG.format(data_dir=str(tmp_path / "data")))

@@ -1,4 +1,4 @@
-"""GLDv2 validation (1,129 GLR2021 test queries x the expanded index, SPEC.md section 1).
+"""GLDv2 validation (1,129 GLR2021 test queries x the expanded index; docs/reference.md).
 
   python scripts/eval.py --config configs/eval/gldv2_val.py:runs/r50_256/stage1/export,256 \
       --config.images=data/gldv2_prepared/store

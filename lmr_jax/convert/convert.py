@@ -34,6 +34,7 @@ from flax import nnx
 from lmr_jax.convert.mapping import CheckpointMismatchError, load_torch_state, torch_key_map
 from lmr_jax.convert.timm_names import describe_timm_variant
 from lmr_jax.models import heads, registry
+from lmr_jax.models.model_config import ModelConfig
 
 BACKBONE_PREFIX = "base."
 CLASSIFIER_KEY = "classifier.weight"
@@ -52,7 +53,7 @@ class Converted:
     Attributes:
       model: the ``RetrievalModel`` holding the converted weights (evaluation mode).
       classifier: the ``CosineClassifier`` of a whole-model checkpoint, else None.
-      model_kwargs: the ``lmr_jax.models.create`` keyword arguments the model was built with.
+      config: the architecture the model was built with (what its saved model records).
       info: what the conversion did (JSON-serialisable): ``full_model``,
         ``head_from_checkpoint``, ``dropped_keys``, ``missing_allowed`` (model keys the
         checkpoint lacked under ``allow_missing``), ``renamed_keys`` (torchvision names
@@ -61,12 +62,12 @@ class Converted:
 
     model: nnx.Module
     classifier: heads.CosineClassifier | None
-    model_kwargs: dict[str, Any]
+    config: ModelConfig
     info: dict[str, Any]
 
 
-def _torch_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """PyTorch key -> PyTorch shape of every state entry of ``module``."""
+def torch_key_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """PyTorch key -> PyTorch shape of every state entry of ``module`` (abstract is fine)."""
     shapes = {}
     for key, target in torch_key_map(module, prefix).items():
         var = target.variable()
@@ -79,7 +80,7 @@ def _torch_shapes(module: nnx.Module, prefix: str = "") -> dict[str, tuple[int, 
 def _cached_backbone_key_shapes(arch: str, last_stride: int) -> Mapping[str, tuple[int, ...]]:
     abstract = nnx.eval_shape(lambda: registry.create_backbone(
         arch, last_stride=last_stride, rngs=nnx.Rngs(0)))
-    return types.MappingProxyType(_torch_shapes(abstract))
+    return types.MappingProxyType(torch_key_shapes(abstract))
 
 
 def backbone_key_shapes(arch: str, last_stride: int = 1) -> dict[str, tuple[int, ...]]:
@@ -88,22 +89,6 @@ def backbone_key_shapes(arch: str, last_stride: int = 1) -> dict[str, tuple[int,
     Built once per arch from an abstract model (``nnx.eval_shape``: no weights initialised).
     """
     return dict(_cached_backbone_key_shapes(arch, last_stride))
-
-
-def expected_key_shapes(arch: str, *, full_model: bool = False, num_classes: int = 1000,
-                        embed_dim: int = 512, last_stride: int = 1) -> dict[str, tuple[int, ...]]:
-    """The keys and shapes the converter takes for ``arch`` (besides the dropped ``fc.*``).
-
-    For ``full_model``: ``base.`` + the backbone keys, ``fcneck.weight``, ``fcneck_bn.*`` and
-    ``classifier.weight`` (num_classes, embed_dim), as the reference whole model has them.
-    """
-    if not full_model:
-        return dict(backbone_key_shapes(arch, last_stride))
-    abstract = nnx.eval_shape(lambda: registry.create(
-        arch, last_stride=last_stride, embed_dim=embed_dim, rngs=nnx.Rngs(0)))
-    shapes = _torch_shapes(abstract)
-    shapes[CLASSIFIER_KEY] = (num_classes, embed_dim)
-    return shapes
 
 
 def guess_arch(state_dict: Mapping[str, Any], prefix: str = ""
@@ -198,13 +183,13 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], *,
       allow_missing: glob patterns of model keys the checkpoint may lack (they keep their
         initialisation); ``classifier.weight`` among them lets a whole model come without
         a classifier.
-      model_kwargs: keyword arguments for ``create`` (``last_stride``, ``embed_dim``,
-        ``pooling``, ``gem_p``, ``learnable_p``). For a whole model ``embed_dim`` defaults to
-        the rows of ``fcneck.weight``.
+      model_kwargs: :class:`~lmr_jax.models.model_config.ModelConfig` fields besides ``arch``
+        (``last_stride``, ``embed_dim``, ``pooling``, ...). For a whole model ``embed_dim``
+        defaults to the rows of ``fcneck.weight``.
       rngs: initialisation RNG of what the checkpoint does not hold (the head of a backbone
         checkpoint).
     Returns:
-      ``Converted`` (model in evaluation mode, classifier or None, kwargs, info).
+      ``Converted`` (model in evaluation mode, classifier or None, config, info).
     Raises:
       CheckpointMismatchError: missing / unexpected / mis-shaped keys, all listed, with the
         architecture the checkpoint looks like when it is another one.
@@ -218,14 +203,15 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], *,
         if kwargs.setdefault("embed_dim", int(np.shape(neck)[0])) != np.shape(neck)[0]:
             raise ValueError(f"embed_dim={kwargs['embed_dim']} but the checkpoint's "
                              f"fcneck.weight has {np.shape(neck)[0]} rows")
+    config = ModelConfig.from_dict({"arch": arch, **kwargs}, where="model_kwargs")
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     prefix = BACKBONE_PREFIX if full_model else ""
     if allow_missing and any(
             _matches_any(prefix + k, allow_missing)
-            for k in backbone_key_shapes(arch, kwargs.get("last_stride", 1))):
-        model = registry.create(arch, rngs=rngs, **kwargs)  # missing entries keep their init
+            for k in backbone_key_shapes(arch, config.last_stride)):
+        model = registry.create(config, rngs=rngs)  # missing entries keep their init
     else:
-        model = _create_with_placeholder_backbone(arch, kwargs, rngs)
+        model = _create_with_placeholder_backbone(config, rngs)
     target = model if full_model else model.base
     model_keys = set(torch_key_map(target))
     renames: dict[str, str] = {}
@@ -257,20 +243,17 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], *,
     info = {"full_model": full_model, "head_from_checkpoint": full_model,
             "dropped_keys": sorted(dropped), "missing_allowed": sorted(missing_allowed),
             "renamed_keys": renames}
-    return Converted(model, classifier, dict(kwargs), info)
+    return Converted(model, classifier, config, info)
 
 
-def _create_with_placeholder_backbone(arch: str, kwargs: Mapping[str, Any],
-                                      rngs: nnx.Rngs) -> nnx.Module:
-    """``registry.create(arch, **kwargs)`` with a zero-filled backbone, for a checkpoint that
-    fills every backbone entry: skips the random initialisation of tens of millions of
-    weights (seconds on CPU); the head is initialised as ``create`` does it."""
-    create_kwargs = dict(kwargs)
-    last_stride = create_kwargs.pop("last_stride", 1)
-    dtype = create_kwargs.get("dtype", jnp.float32)
+def _create_with_placeholder_backbone(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """``registry.create(config)`` with a zero-filled backbone, for a checkpoint that fills
+    every backbone entry: skips the random initialisation of tens of millions of weights
+    (seconds on CPU); the head is initialised as ``create`` does it."""
     backbone = registry.zero_initialised(lambda: registry.create_backbone(
-        arch, last_stride=last_stride, dtype=dtype, rngs=nnx.Rngs(0)))
-    return heads.RetrievalModel(backbone, rngs=rngs, **create_kwargs)
+        config.arch, last_stride=config.last_stride, rngs=nnx.Rngs(0)))
+    return heads.HEADS.build_offered(config.head, backbone, context=config.head_settings(),
+                                     dtype=jnp.float32, rngs=rngs)
 
 
 def _load_classifier(state_dict: Mapping[str, np.ndarray], embed_dim: int,

@@ -1,6 +1,7 @@
-"""lmr_jax.data: GLDv2 lists, image store and input pipelines.
+"""lmr_jax.data: image lists, image store and the input pipelines of training and extraction.
 
-Modules: ``lists`` (ImageList, ValidationSet), ``geo`` (countries, continents), ``gldv2``
-(official CSVs -> lists, preparation), ``store`` (array_record image store, image sources),
-``synthetic`` (GLDv2-format synthetic dataset), and the grain input pipeline modules.
+Modules: ``lists`` (ImageList, ValidationSet), ``geo`` (countries, continents), ``store``
+(array_record image store, image sources), and the grain input pipeline modules (``augment``,
+``samplers``, ``pipeline``). Dataset tooling that builds the lists (GLDv2 CSVs, preparation)
+is in :mod:`lmr_jax.datasets`; the synthetic dataset in :mod:`lmr_jax.synthetic`.
 """

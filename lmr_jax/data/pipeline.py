@@ -42,7 +42,6 @@ import gc
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -56,7 +55,7 @@ from lmr_jax.data.augment import (
     default_augment_config,
     default_eval_preprocess_config,
 )
-from lmr_jax.data.samplers import CLEAN_FRACTION, CONTINENT_SHARES, Sampler, create_sampler
+from lmr_jax.data.samplers import CLEAN_FRACTION, CONTINENT_SHARES, SAMPLERS, Sampler
 
 
 class DataWorkerError(RuntimeError):
@@ -67,8 +66,9 @@ def default_train_config(size: int = 384) -> ml_collections.ConfigDict:
     """Training-pipeline settings (reference values for stage 1); embed in trainer configs.
 
     Fields: global_batch_size (over all processes), seed (sampler and augmentation),
-    sampler.name (``softmax``, ``pk``, ``continent``) and its options (num_instances for pk,
-    continent_shares and clean_fraction for continent), augment (see
+    sampler.name (a registered sampler: ``softmax``, ``pk``, ``continent``) and each sampler's
+    options in ``sampler.<name>`` (num_instances for pk, continent_shares and clean_fraction for
+    continent; :data:`lmr_jax.data.samplers.SAMPLERS`), augment (see
     :func:`lmr_jax.data.augment.default_augment_config`), num_workers (grain worker processes;
     0 = decode in this process), read_threads (threads per process, each builds whole batches),
     worker_buffer_size (batches buffered per worker).
@@ -78,9 +78,9 @@ def default_train_config(size: int = 384) -> ml_collections.ConfigDict:
         "seed": 0,
         "sampler": {
             "name": "softmax",
-            "num_instances": 4,
-            "continent_shares": dict(CONTINENT_SHARES),
-            "clean_fraction": CLEAN_FRACTION,
+            "pk": {"num_instances": 4},
+            "continent": {"continent_shares": dict(CONTINENT_SHARES),
+                          "clean_fraction": CLEAN_FRACTION},
         },
         "augment": default_augment_config(size),
         "num_workers": 0,
@@ -98,17 +98,6 @@ def default_eval_config(size: int = 384) -> ml_collections.ConfigDict:
         "read_threads": 2,
         "worker_buffer_size": 2,
     })
-
-
-def _sampler_kwargs(name: str, sampler_config: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = dict(sampler_config)
-    if name == "pk":
-        return {"num_instances": int(cfg["num_instances"])}
-    if name == "continent":
-        shares = cfg["continent_shares"]
-        shares = shares.to_dict() if isinstance(shares, ml_collections.ConfigDict) else dict(shares)
-        return {"continent_shares": shares, "clean_fraction": float(cfg["clean_fraction"])}
-    return {}
 
 
 class _SampleStream:
@@ -340,10 +329,8 @@ def make_train_iterator(
     if len(source) != len(labels):
         raise ValueError(f"the image source has {len(source)} records but the image list has "
                          f"{len(labels)} rows")
-    name = config.sampler.name
-    sampler = create_sampler(name, image_list, batch_size=global_batch, seed=int(config.seed),
-                             exclude_rows=exclude_rows,
-                             **_sampler_kwargs(name, config.sampler))
+    sampler = SAMPLERS.build_selected(config.sampler, image_list, batch_size=global_batch,
+                                      seed=int(config.seed), exclude_rows=exclude_rows)
     steps_per_epoch = sampler.epoch_length // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{sampler.epoch_length} trainable images are fewer than one global "

@@ -11,7 +11,10 @@ Rows that can never be trained on are left out before sampling: rows with label 
 store was prepared). All samplers draw ``len(eligible rows)`` indices per epoch, so an "epoch"
 means the same amount of data for each.
 
-Registry (:data:`SAMPLERS`, :func:`create_sampler`):
+Registry (:data:`SAMPLERS`, an :class:`lmr_jax.registry.Registry`; ``SAMPLERS.build(name,
+image_list, batch_size=..., seed=..., **options)``); a new sampler is one ``Sampler`` subclass
+decorated with ``@SAMPLERS.register(name)`` plus, if it has options, a ``sampler.<name>``
+sub-dict in :func:`lmr_jax.data.pipeline.default_train_config`:
 
 * ``softmax``: a fresh permutation of the eligible rows every epoch (the reference default).
 * ``pk``: identity-uniform P x K batches: each batch of ``batch_size`` rows holds P =
@@ -20,7 +23,7 @@ Registry (:data:`SAMPLERS`, :func:`create_sampler`):
   so that no identity appears twice in one batch. An identity with >= K images gives K distinct
   images (a uniformly random K-subset), one with fewer gives K draws with replacement. The epoch
   holds ``len(eligible) // batch_size`` batches.
-* ``continent``: continent-aware sampling (SPEC.md section 3): ``len(eligible)`` draws with
+* ``continent``: continent-aware sampling (docs/reference.md, Samplers): ``len(eligible)`` draws with
   replacement; continent c gets ``share_c / sum(shares of continents present)`` of them
   (continents absent from the list are dropped and the shares renormalised; counts are rounded
   by largest remainder so they sum exactly), within a continent ``clean_fraction`` (0.66) of the
@@ -35,6 +38,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from lmr_jax.registry import Registry
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
 
 CONTINENT_SHARES: dict[str, float] = {
     "Asia": 0.5,
@@ -90,6 +97,7 @@ class Sampler(abc.ABC):
         """(epoch_length,) int64 list rows of epoch ``epoch`` (0-based)."""
 
 
+@SAMPLERS.register("softmax")
 class SoftmaxSampler(Sampler):
     """A random permutation of the eligible rows per epoch."""
 
@@ -101,6 +109,7 @@ class SoftmaxSampler(Sampler):
         return self._rng(epoch).permutation(self.rows)
 
 
+@SAMPLERS.register("pk")
 class PKSampler(Sampler):
     """Identity-uniform batches of P identities x K images (see the module docstring)."""
 
@@ -149,6 +158,7 @@ class PKSampler(Sampler):
         return shuffled[starts[:, None] + pos].reshape(-1)
 
 
+@SAMPLERS.register("continent")
 class ContinentSampler(Sampler):
     """Continent-aware sampling with replacement (see the module docstring)."""
 
@@ -199,29 +209,3 @@ def _largest_remainder(quotas: list[float]) -> list[int]:
     for i in order[:missing]:
         floors[i] += 1
     return floors
-
-
-SAMPLERS: dict[str, type[Sampler]] = {
-    "softmax": SoftmaxSampler,
-    "pk": PKSampler,
-    "continent": ContinentSampler,
-}
-
-
-def create_sampler(name: str, image_list: Any, *, batch_size: int, seed: int,
-                   exclude_rows: np.ndarray | None = None, **kwargs) -> Sampler:
-    """Builds the sampler registered as ``name`` (``softmax``, ``pk`` or ``continent``).
-
-    Args:
-      name: registry name.
-      image_list: object with ``labels`` (and ``noisy``, ``continents`` for ``continent``).
-      batch_size: global batch size (P x K for ``pk``).
-      seed: base seed.
-      exclude_rows: list rows never to sample (e.g. unreadable images).
-      **kwargs: sampler options: ``num_instances`` (pk), ``continent_shares``,
-        ``clean_fraction`` (continent).
-    """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; registered: {sorted(SAMPLERS)}")
-    return SAMPLERS[name](image_list, batch_size=batch_size, seed=seed,
-                          exclude_rows=exclude_rows, **kwargs)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -17,11 +17,19 @@ import numpy as np
 from flax import nnx
 
 from lmr_jax.models import layers
+from lmr_jax.registry import Registry
 
 Array = jax.Array
 DType = Any
 
-POOLINGS = ("gem", "avgmax")
+# Global poolings (B, H, W, C) -> (B, C) float32 by name; a factory takes the model settings it
+# names (``gem_p``, ``learnable_p``, ...) as keyword arguments.
+POOLINGS: Registry[Callable[..., nnx.Module]] = Registry("pooling")
+# Heads by name: ``head(backbone, *, <settings it names>, dtype, rngs)`` -> the whole retrieval
+# model (backbone + head; (B, H, W, 3) -> (B, embed_dim)). The settings come from
+# :class:`lmr_jax.models.model_config.ModelConfig`; a new head is one registered class here or
+# in a module of ``lmr_jax.models``, plus its new settings (if any) in ModelConfig.
+HEADS: Registry[Callable[..., nnx.Module]] = Registry("head")
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
@@ -65,8 +73,23 @@ class AvgMaxPool(nnx.Module):
         return jnp.mean(x, axis=(1, 2)) + jnp.max(x, axis=(1, 2))
 
 
+@POOLINGS.register("gem")
+def gem(*, gem_p: float = 3.0, learnable_p: bool = False) -> GeM:
+    """:class:`GeM` with exponent ``gem_p`` (a trained parameter with ``learnable_p``)."""
+    return GeM(gem_p, learnable=learnable_p)
+
+
+@POOLINGS.register("avgmax")
+def avgmax() -> AvgMaxPool:
+    """:class:`AvgMaxPool`."""
+    return AvgMaxPool()
+
+
+@HEADS.register("bn_neck")
 class RetrievalModel(nnx.Module):
     """Backbone -> pooling -> ``fcneck`` (Linear, no bias) -> ``fcneck_bn`` (BatchNorm1d).
+
+    The ``bn_neck`` head (the reference's).
 
     ``__call__`` returns the neck BN output, not L2-normalised (as the reference model does);
     ``embed`` L2-normalises it for retrieval. ``train()``/``eval()`` switch every BatchNorm
@@ -75,7 +98,7 @@ class RetrievalModel(nnx.Module):
     Args:
       backbone: a module with ``num_features`` mapping (B, H, W, 3) -> (B, h, w, num_features).
       embed_dim: embedding size (512 in the reference).
-      pooling: ``"gem"`` or ``"avgmax"``.
+      pooling: a registered pooling (:data:`POOLINGS`: ``"gem"`` or ``"avgmax"``).
       gem_p: initial/fixed GeM exponent (3.0); ``learnable_p`` makes it a trained ``Param``.
       dtype: computation dtype of the neck Linear; pooling and the output are float32.
       rngs: initialisation RNG (``fcneck`` kernel: xavier-uniform; the BN neck: weight 1,
@@ -85,10 +108,9 @@ class RetrievalModel(nnx.Module):
     def __init__(self, backbone: nnx.Module, *, embed_dim: int = 512, pooling: str = "gem",
                  gem_p: float = 3.0, learnable_p: bool = False, dtype: DType = jnp.float32,
                  rngs: nnx.Rngs):
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         self.base = backbone
-        self.pool = GeM(gem_p, learnable=learnable_p) if pooling == "gem" else AvgMaxPool()
+        self.pool = POOLINGS.build_offered(pooling, context={"gem_p": gem_p,
+                                                             "learnable_p": learnable_p})
         in_features = backbone.num_features
         self.fcneck = layers.Linear(in_features, embed_dim, use_bias=False, dtype=dtype, rngs=rngs)
         self.fcneck.kernel[...] = _xavier_uniform(rngs, (embed_dim, in_features)).T

@@ -1,4 +1,5 @@
-"""Registry of backbones by name, and ``create`` for whole retrieval models.
+"""Registry of backbones by name, and ``create`` for whole retrieval models (backbone + head,
+from a :class:`~lmr_jax.models.model_config.ModelConfig`).
 
 Backbone modules register a builder with ``@register_backbone(name)``; a builder takes
 ``last_stride``, ``dtype`` and ``rngs`` and returns an NNX backbone with ``num_features``.
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmr_jax.models.model_config import ModelConfig
 from lmr_jax.registry import Registry
 
 _BUILTIN_MODULES = ("lmr_jax.models.resnet", "lmr_jax.models.resnest", "lmr_jax.models.resnet_vd",
@@ -44,26 +46,37 @@ def create_backbone(name: str, *, last_stride: int = 1, dtype: Any = jnp.float32
                            rngs=rngs if rngs is not None else nnx.Rngs(0))
 
 
-def create(name: str, *, last_stride: int = 1, embed_dim: int = 512, pooling: str = "gem",
-           gem_p: float = 3.0, learnable_p: bool = False, dtype: Any = jnp.float32,
-           rngs: nnx.Rngs | None = None) -> nnx.Module:
-    """Builds a whole retrieval model: backbone -> pooling -> Linear (no bias) -> BN neck.
+def create(model: str | ModelConfig, *, dtype: Any = jnp.float32,
+           rngs: nnx.Rngs | None = None, **settings: Any) -> nnx.Module:
+    """Builds a whole retrieval model: backbone -> head (by default pooling -> Linear (no bias)
+    -> BN neck).
 
     Args:
-      name: a registered backbone (see ``list_models()``).
-      last_stride: stride of the last stage (1: output stride 16, as the reference uses).
-      embed_dim: embedding size (512 in the reference).
-      pooling: ``"gem"`` or ``"avgmax"`` (average + max pooling, summed).
-      gem_p: the GeM exponent; learnable_p makes it a trained parameter.
+      model: a :class:`~lmr_jax.models.model_config.ModelConfig`, or a registered backbone name
+        (see ``list_models()``) whose other settings are ``settings``.
       dtype: computation dtype (parameters stay float32).
       rngs: parameter initialisation RNG.
+      **settings: ModelConfig fields (``last_stride``, ``head``, ``embed_dim``, ``pooling``,
+        ``gem_p``, ``learnable_p``) overriding those of ``model``.
     Returns:
-      ``lmr_jax.models.heads.RetrievalModel``: (B, H, W, 3) -> (B, embed_dim) embeddings
-      (not L2-normalised).
+      The head's model (``lmr_jax.models.heads.RetrievalModel`` for ``bn_neck``):
+      (B, H, W, 3) -> (B, embed_dim) embeddings (not L2-normalised).
+    Raises:
+      ValueError: an unknown setting, backbone or head, or a setting the head does not take
+        that differs from its default.
     """
     from lmr_jax.models import heads
 
+    if isinstance(model, str):
+        config = ModelConfig.from_dict({"arch": model, **settings})
+    else:
+        config = ModelConfig.from_dict({**model.to_dict(), **settings})
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    backbone = create_backbone(name, last_stride=last_stride, dtype=dtype, rngs=rngs)
-    return heads.RetrievalModel(backbone, embed_dim=embed_dim, pooling=pooling, gem_p=gem_p,
-                                learnable_p=learnable_p, dtype=dtype, rngs=rngs)
+    unused = sorted(set(config.non_default_head_settings())
+                    - set(heads.HEADS.accepted_kwargs(config.head)))
+    if unused:
+        raise ValueError(f"head {config.head!r} does not take the model settings {unused}")
+    backbone = create_backbone(config.arch, last_stride=config.last_stride, dtype=dtype,
+                               rngs=rngs)
+    return heads.HEADS.build_offered(config.head, backbone, context=config.head_settings(),
+                                     dtype=dtype, rngs=rngs)

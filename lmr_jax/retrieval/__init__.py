@@ -8,5 +8,5 @@ ensemble), ``landmark_country`` (the Landmark-Country re-ranking of one model) a
 ``kreciprocal`` (k-reciprocal Jaccard, Zhong et al. 2017); ``metrics`` (GLDv2 mAP@100, GAP,
 Revisited Oxford/Paris) and ``submission`` (Kaggle CSV IO); ``recognition`` (kNN voting);
 ``offline_evaluation`` (the ``scripts/eval.py --config`` pipeline) and ``visualize`` (result
-pictures); ``bench``.
+pictures).
 """

@@ -23,7 +23,7 @@ import numpy as np
 
 from lmr_jax.data.lists import ImageList, ValidationSet
 from lmr_jax.data.store import open_source
-from lmr_jax.models.checkpoint import load_model
+from lmr_jax.models.saved_model import load_model
 from lmr_jax.retrieval import extract, features, metrics, rerank, submission, visualize
 
 log = logging.getLogger(__name__)

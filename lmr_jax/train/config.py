@@ -5,11 +5,13 @@ command line (``--config.stage1.base_lr=0.01``, ``--config.stages=3,4``). Its fi
 
 * ``stages``: which stages to run, e.g. ``"1,2,3,4"`` or ``"3,4"``; stage k is ``stage<k>``.
 * ``stage<k>``: one training stage (:func:`stage`).
-* ``model``: backbone name and head settings (``lmr_jax.models.create`` arguments).
+* ``model``: the model architecture, the fields of :class:`lmr_jax.models.ModelConfig`
+  (``arch`` = backbone name, head settings).
 * ``init_checkpoint``: model checkpoint the first stage starts from (an ImageNet backbone
   converted with ``scripts/convert_weights.py``); empty = random initialisation.
-* ``loss``: classification loss (:func:`lmr_jax.train.losses.make_loss`) and classifier
-  sub-centres; the scale and margin are per stage.
+* ``loss``: classification loss: ``name`` (:data:`lmr_jax.train.losses.LOSSES`) and a
+  sub-dict of options per loss (``loss.<name>``); the scale and margin are per stage.
+* ``classifier``: the cosine classifier's ``num_subcenters``.
 * ``optim``: SGD momentum, bias group and schedule factors (:mod:`lmr_jax.train.optim`).
 * ``precision``: ``auto`` (float32 on CPU, bfloat16 on GPU/TPU), ``float32``, ``bfloat16`` or
   ``float16`` (dynamic loss scaling, ``loss_scale``).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from lmr_jax.data import pipeline
+from lmr_jax.models.model_config import ModelConfig
 
 
 def stage(name: str, image_list: str, *, image_size: int, epochs: float, base_lr: float,
@@ -66,7 +69,7 @@ def stage(name: str, image_list: str, *, image_size: int, epochs: float, base_lr
     })
 
 
-def base_config(model_name: str) -> ml_collections.ConfigDict:
+def base_config(arch: str) -> ml_collections.ConfigDict:
     """Defaults shared by every training config (reference values where they exist)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -74,16 +77,22 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.init_checkpoint = ""
     c.precision = "auto"
     c.bn_mode = "sync"
-    c.model = ml_collections.ConfigDict({
-        "name": model_name, "last_stride": 1, "embed_dim": 512, "pooling": "gem",
-        "gem_p": 3.0, "learnable_p": False,
-    })
+    c.model = ml_collections.ConfigDict(ModelConfig(arch=arch).to_dict())
+    # The selected loss (lmr_jax.train.losses.LOSSES) and each loss's options; the logit
+    # scale and the margin are per stage (stage<k>.logit_scale, stage<k>.margin).
     c.loss = ml_collections.ConfigDict({
         "name": "arcface",           # arcface | cosface | subcenter_arcface | softmax
+        "arcface": {"label_smoothing": 0.0},
+        "cosface": {"label_smoothing": 0.0},
+        "subcenter_arcface": {
+            "dynamic_margin_min": 0.05,  # margin of the most frequent class
+            "dynamic_margin_range": 0.45,
+            "label_smoothing": 0.0,
+        },
+        "softmax": {"label_smoothing": 0.0},
+    })
+    c.classifier = ml_collections.ConfigDict({
         "num_subcenters": 1,         # classifier sub-centres (3 for sub-center ArcFace)
-        "dynamic_margin_min": 0.05,  # subcenter_arcface: margin of the most frequent class
-        "dynamic_margin_range": 0.45,
-        "label_smoothing": 0.0,
     })
     c.loss_scale = ml_collections.ConfigDict({"init": 2.0**16, "growth_interval": 2000})
     c.optim = ml_collections.ConfigDict({
@@ -111,6 +120,8 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
         "images": "",                # store holding its images; default the training store
         "image_size": 0,             # 0: the stage's training size
         "batch_size": 32,            # per process
+        "scales": (1.0,),            # test-time views; the reference's multi-scale: 0.707,1,1.414
+        "flip": False,               # lmr-jax extra: also embed mirrored views (not the reference)
     })
     return c
 

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmr_jax.registry import Registry
+
 Array = jax.Array
 
 
@@ -49,6 +51,13 @@ class LossOutput(NamedTuple):
 
 
 LossFn = Callable[[Array, Array], LossOutput]
+
+# Loss factories by name: keyword options -> LossFn. The trainer builds the configured one with
+# ``LOSSES.build_selected(config.loss, context=...)``: the options of loss <name> come from the
+# ``config.loss.<name>`` sub-dict, and the context offers the stage's ``scale`` and ``margin``
+# and the list's ``class_counts`` to the factories that name them. A new loss is one factory
+# decorated with ``@LOSSES.register(name)`` plus its sub-dict in the training config.
+LOSSES: Registry[Callable[..., LossFn]] = Registry("loss")
 
 
 def _target_cosine(cosine: Array, labels: Array) -> tuple[Array, Array, Array]:
@@ -152,46 +161,51 @@ def dynamic_margins(class_counts: np.ndarray, *, margin_min: float, margin_range
     return (margin_min + margin_range * norm).astype(np.float32)
 
 
-def make_loss(name: str, *, scale: float = 30.0, margin: float = 0.3,
-              label_smoothing: float = 0.0, class_margins: np.ndarray | None = None) -> LossFn:
-    """Builds a loss ``fn(cosine (B, C), labels (B,)) -> LossOutput`` by name.
-
-    Args:
-      name: ``arcface``, ``cosface``, ``subcenter_arcface`` (ArcFace with the per-class
-        ``class_margins``; the sub-centres live in the classifier) or ``softmax``
-        (cross-entropy on ``scale * cosine``, i.e. a normalised softmax without margin).
-      scale: logit scale s.
-      margin: m for arcface / cosface.
-      label_smoothing: eps of the smoothed cross-entropy target.
-      class_margins: (C,) margins, required by ``subcenter_arcface``.
-    """
-    if name == "arcface":
-        def logits_fn(c, y):
-            return arcface_logits(c, y, scale=scale, margin=float(margin))
-    elif name == "cosface":
-        def logits_fn(c, y):
-            return cosface_logits(c, y, scale=scale, margin=float(margin))
-    elif name == "subcenter_arcface":
-        if class_margins is None:
-            raise ValueError("loss 'subcenter_arcface' needs class_margins (per-class margins)")
-        margins = jnp.asarray(class_margins, jnp.float32)
-
-        def logits_fn(c, y):
-            if c.shape[1] != margins.shape[0]:
-                raise ValueError(f"class_margins has {margins.shape[0]} classes, "
-                                 f"the classifier {c.shape[1]}")
-            return arcface_logits(c, y, scale=scale, margin=margins)
-    elif name == "softmax":
-        def logits_fn(c, y):
-            del y
-            return scale * c.astype(jnp.float32)
-    else:
-        raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
-
+def _cross_entropy_loss(logits_fn: Callable[[Array, Array], Array],
+                        label_smoothing: float) -> LossFn:
     def loss_fn(cosine: Array, labels: Array) -> LossOutput:
         return cross_entropy_sums(logits_fn(cosine, labels), cosine, labels, label_smoothing)
 
     return loss_fn
 
 
-LOSSES = ("arcface", "cosface", "subcenter_arcface", "softmax")
+@LOSSES.register("arcface")
+def arcface(*, scale: float = 30.0, margin: float = 0.3, label_smoothing: float = 0.0) -> LossFn:
+    """ArcFace: cross-entropy on :func:`arcface_logits` (scale s, additive angular margin m)."""
+    return _cross_entropy_loss(
+        lambda c, y: arcface_logits(c, y, scale=scale, margin=float(margin)), label_smoothing)
+
+
+@LOSSES.register("cosface")
+def cosface(*, scale: float = 30.0, margin: float = 0.3, label_smoothing: float = 0.0) -> LossFn:
+    """CosFace: cross-entropy on :func:`cosface_logits` (scale s, additive cosine margin m)."""
+    return _cross_entropy_loss(
+        lambda c, y: cosface_logits(c, y, scale=scale, margin=float(margin)), label_smoothing)
+
+
+@LOSSES.register("subcenter_arcface")
+def subcenter_arcface(*, class_counts: np.ndarray | None = None, scale: float = 30.0,
+                      dynamic_margin_min: float = 0.05, dynamic_margin_range: float = 0.45,
+                      label_smoothing: float = 0.0) -> LossFn:
+    """Sub-center ArcFace with dynamic margins: ArcFace with the per-class margins of
+    :func:`dynamic_margins` (``class_counts`` (C,): training images per class). The sub-centres
+    live in the classifier (``CosineClassifier(num_subcenters=k)``)."""
+    if class_counts is None:
+        raise ValueError("loss 'subcenter_arcface' needs class_counts (training images per "
+                         "class) for its dynamic margins")
+    margins = jnp.asarray(dynamic_margins(class_counts, margin_min=dynamic_margin_min,
+                                          margin_range=dynamic_margin_range), jnp.float32)
+
+    def logits_fn(c, y):
+        if c.shape[1] != margins.shape[0]:
+            raise ValueError(f"class_counts has {margins.shape[0]} classes, "
+                             f"the classifier {c.shape[1]}")
+        return arcface_logits(c, y, scale=scale, margin=margins)
+
+    return _cross_entropy_loss(logits_fn, label_smoothing)
+
+
+@LOSSES.register("softmax")
+def softmax(*, scale: float = 30.0, label_smoothing: float = 0.0) -> LossFn:
+    """Normalised softmax: cross-entropy on ``scale * cosine``, no margin."""
+    return _cross_entropy_loss(lambda c, y: scale * c.astype(jnp.float32), label_smoothing)

@@ -132,6 +132,18 @@ def param_labels(params: Any, *, frozen: tuple[str, ...] = ()) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def lr_schedules(*, steps_per_epoch: int, base_lr: float, epochs: float, warmup_epochs: float,
+                 bias_lr_factor: float = 2.0, warmup_factor: float = 0.01,
+                 min_factor: float = 0.002) -> dict[str, Schedule]:
+    """The learning-rate schedules of :func:`make_optimizer`'s groups, ``{"weight", "bias"}``:
+    :func:`make_schedule` peaking at ``base_lr`` and at ``base_lr * bias_lr_factor``."""
+    common = dict(steps_per_epoch=steps_per_epoch, base_lr=base_lr, epochs=epochs,
+                  warmup_epochs=warmup_epochs, warmup_factor=warmup_factor,
+                  min_factor=min_factor)
+    return {"weight": make_schedule(lr_max=base_lr, **common),
+            "bias": make_schedule(lr_max=base_lr * bias_lr_factor, **common)}
+
+
 def make_optimizer(*, steps_per_epoch: int, base_lr: float, epochs: float,
                    warmup_epochs: float, weight_decay: float, weight_decay_bias: float,
                    bias_lr_factor: float = 2.0, momentum: float = 0.9,
@@ -142,14 +154,12 @@ def make_optimizer(*, steps_per_epoch: int, base_lr: float, epochs: float,
     ``update(grads, opt_state, params, step=step)`` needs the iteration number ``step``
     (0-based, within the stage). Parameters whose path contains one of ``frozen`` get no update.
     """
-    common = dict(steps_per_epoch=steps_per_epoch, base_lr=base_lr, epochs=epochs,
-                  warmup_epochs=warmup_epochs, warmup_factor=warmup_factor,
-                  min_factor=min_factor)
+    schedules = lr_schedules(steps_per_epoch=steps_per_epoch, base_lr=base_lr, epochs=epochs,
+                             warmup_epochs=warmup_epochs, bias_lr_factor=bias_lr_factor,
+                             warmup_factor=warmup_factor, min_factor=min_factor)
     transforms = {
-        "weight": torch_sgd(make_schedule(lr_max=base_lr, **common), momentum=momentum,
-                            weight_decay=weight_decay),
-        "bias": torch_sgd(make_schedule(lr_max=base_lr * bias_lr_factor, **common),
-                          momentum=momentum, weight_decay=weight_decay_bias),
+        "weight": torch_sgd(schedules["weight"], momentum=momentum, weight_decay=weight_decay),
+        "bias": torch_sgd(schedules["bias"], momentum=momentum, weight_decay=weight_decay_bias),
         "frozen": optax.set_to_zero(),
     }
     return optax.partition(transforms, lambda p: param_labels(p, frozen=frozen))

@@ -67,7 +67,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
 
     Args:
       graphdef: static structure of the ``TrainModule`` (split in train mode).
-      loss_fn: ``fn(cosine, labels) -> LossOutput`` from :func:`lmr_jax.train.losses.make_loss`.
+      loss_fn: ``fn(cosine, labels) -> LossOutput`` from :data:`lmr_jax.train.losses.LOSSES`.
       tx: optimiser from :func:`lmr_jax.train.optim.make_optimizer` (takes ``step=``).
       mesh: a mesh with axis ``data``.
       state_sharding: the ``TrainState`` pytree of shardings (replicated).

@@ -1,4 +1,4 @@
-"""Staged training (SPEC.md section 3): each stage starts from the previous stage's weights.
+"""Staged training (docs/reference.md, Recipe): each stage starts from the previous stage's weights.
 
 ``train(config, workdir)`` runs the stages named by ``config.stages`` (e.g. ``"1,2,3,4"``) in
 order. Stage k is ``config.stage<k>``; its outputs live in ``<workdir>/stage<k>/``:
@@ -7,7 +7,7 @@ order. Stage k is ``config.stage<k>``; its outputs live in ``<workdir>/stage<k>/
   iterations, at every epoch end and at the stage end; the last ``checkpoint.max_to_keep``
   are kept), from which a re-run of the same command resumes mid-stage;
 * ``export/``: the stage's final model and classifier
-  (:func:`lmr_jax.models.checkpoint.save_model`), written when the stage is complete. A stage
+  (:func:`lmr_jax.models.saved_model.save_model`), written when the stage is complete. A stage
   whose export exists is skipped on a re-run.
 
 Stage 1 starts from ``config.init_checkpoint`` (an ImageNet backbone converted with
@@ -17,7 +17,7 @@ When the new stage has more classes than the checkpoint's classifier, the first 
 and the others initialised (81,313 -> 203,094 on GLDv2).
 
 Written in the workdir as well: ``config.json`` (the resolved configuration), ``metrics.jsonl``
-and ``tensorboard/`` (see :mod:`lmr_jax.train.logging`).
+and ``tensorboard/`` (see :mod:`lmr_jax.train.metrics_logger`).
 """
 
 from __future__ import annotations
@@ -38,16 +38,54 @@ from flax import nnx
 from lmr_jax import models
 from lmr_jax.data import pipeline, store
 from lmr_jax.data.lists import ImageList, ValidationSet
-from lmr_jax.models import checkpoint as model_checkpoint
-from lmr_jax.models import heads
+from lmr_jax.models import heads, saved_model
 from lmr_jax.retrieval import embedding
 from lmr_jax.train import distributed, evaluation, losses, optim, precision
-from lmr_jax.train.checkpointing import Checkpointer
-from lmr_jax.train.logging import MetricsLogger
+from lmr_jax.train.metrics_logger import MetricsLogger
 from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
 from lmr_jax.train.step import make_train_step
+from lmr_jax.train.train_checkpoints import Checkpointer
 
 MAX_STAGES = 9
+# Logged steps are numbered stage * STAGE_STEP_OFFSET + step, increasing over the stages.
+STAGE_STEP_OFFSET = 10_000_000
+
+
+def global_step(stage: int, step: int) -> int:
+    """A step number increasing over stages (TensorBoard, metrics.jsonl)."""
+    return stage * STAGE_STEP_OFFSET + step
+
+
+def stage_seed(config: ml_collections.ConfigDict, stage: int) -> int:
+    """The seed of stage ``stage`` (data order, augmentation, initialisation): distinct per
+    stage and per ``config.seed``."""
+    return config.seed * 1000 + stage
+
+
+@dataclasses.dataclass
+class _RunningMetrics:
+    """Loss and accuracy summed over the steps since the last log line, and the stage's first
+    and last loss."""
+
+    start_time: float
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    steps: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+
+    def add(self, loss: float, accuracy: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.last_loss = loss
+        self.loss_sum += loss
+        self.accuracy_sum += accuracy
+        self.steps += 1
+
+    def restart(self) -> None:
+        """Start a new logging window (the first and last loss are kept)."""
+        self.loss_sum, self.accuracy_sum, self.steps = 0.0, 0.0, 0
+        self.start_time = time.perf_counter()
 
 
 class TrainingDiverged(FloatingPointError):
@@ -119,10 +157,9 @@ def image_root(config: ml_collections.ConfigDict) -> str:
     return config.data.images or os.path.join(config.data.dir, "store")
 
 
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    m = config.model
-    return {"last_stride": m.last_stride, "embed_dim": m.embed_dim, "pooling": m.pooling,
-            "gem_p": m.gem_p, "learnable_p": m.learnable_p}
+def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
+    """The model architecture of a training config (its ``model`` sub-dict)."""
+    return models.ModelConfig.from_dict(config.model.to_dict(), where="config.model")
 
 
 def pipeline_config(config: ml_collections.ConfigDict, sc: ml_collections.ConfigDict,
@@ -131,7 +168,7 @@ def pipeline_config(config: ml_collections.ConfigDict, sc: ml_collections.Config
     sampler, image size and a per-stage seed."""
     pcfg = ml_collections.ConfigDict(config.data.train.to_dict())
     pcfg.global_batch_size = sc.batch_size
-    pcfg.seed = config.seed * 1000 + k
+    pcfg.seed = stage_seed(config, k)
     pcfg.sampler.name = sc.sampler
     pcfg.augment.size = sc.image_size
     pcfg.augment.dtype = dtype
@@ -142,11 +179,10 @@ def _load_init(path: str, config: ml_collections.ConfigDict, compute_dtype: Any)
     """(model, classifier or None, meta) of a model checkpoint, checked against the config."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: model checkpoint not found")
-    model, classifier, meta = model_checkpoint.load_model(path, dtype=compute_dtype,
-                                                          arch=config.model.name)
-    want = model_kwargs(config)
-    diff = {k: (v, want[k]) for k, v in meta["model_kwargs"].items()
-            if k in want and v != want[k]}
+    want = model_config(config)
+    model, classifier, meta = saved_model.load_model(path, dtype=compute_dtype, arch=want.arch)
+    saved = saved_model.model_config_of(meta, where=path).to_dict()
+    diff = {k: (v, want.to_dict()[k]) for k, v in saved.items() if v != want.to_dict()[k]}
     if diff:
         raise ValueError(f"{path}: model settings differ from config.model "
                          f"(checkpoint, config): {diff}")
@@ -173,21 +209,21 @@ def build_module(config: ml_collections.ConfigDict, k: int, num_classes: int,
                 f"stage {k} starts from stage {prev}'s final model {src}, which does not exist: "
                 f"run stage {prev} first (--config.stages={prev},{k}) or set "
                 f"--config.stage{k}.init_from=<model checkpoint>")
-    seed = config.seed * 1000 + k
-    cls_cfg = dict(num_subcenters=config.loss.num_subcenters, dtype=jnp.float32)
+    seed = stage_seed(config, k)
+    cls_cfg = dict(num_subcenters=config.classifier.num_subcenters, dtype=jnp.float32)
     if src:
         model, old_cls, _ = _load_init(src, config, compute_dtype)
         how = f"from {src}"
     else:
-        model = models.create(config.model.name, dtype=compute_dtype, rngs=nnx.Rngs(seed),
-                              **model_kwargs(config))
+        model = models.create(model_config(config), dtype=compute_dtype, rngs=nnx.Rngs(seed))
         old_cls, how = None, "from random initialisation"
     classifier = heads.CosineClassifier(config.model.embed_dim, num_classes,
                                         rngs=nnx.Rngs(seed + 1), **cls_cfg)
     if old_cls is not None:
-        if old_cls.num_subcenters != config.loss.num_subcenters:
+        if old_cls.num_subcenters != config.classifier.num_subcenters:
             raise ValueError(f"{src}: classifier has {old_cls.num_subcenters} sub-centres, "
-                             f"config.loss.num_subcenters is {config.loss.num_subcenters}")
+                             f"config.classifier.num_subcenters is "
+                             f"{config.classifier.num_subcenters}")
         if old_cls.num_classes > num_classes:
             raise ValueError(f"{src}: classifier has {old_cls.num_classes} classes, more than "
                              f"the {num_classes} of stage {k}'s list")
@@ -243,21 +279,19 @@ class _StageRun:
                             f"classes, {spe} steps/epoch x {sc.epochs} epochs = {total} steps "
                             f"of {sc.batch_size} images at {sc.image_size}px; model {how}")
 
-        tx = optim.make_optimizer(
+        schedule_args = dict(
             steps_per_epoch=spe, base_lr=sc.base_lr, epochs=sc.epochs,
-            warmup_epochs=sc.warmup_epochs, weight_decay=sc.weight_decay,
-            weight_decay_bias=sc.weight_decay_bias, bias_lr_factor=config.optim.bias_lr_factor,
-            momentum=config.optim.momentum, warmup_factor=config.optim.warmup_factor,
-            min_factor=config.optim.min_lr_factor, frozen=tuple(config.optim.frozen))
-        margins = None
-        if config.loss.name == "subcenter_arcface":
-            labels = image_list.labels[image_list.labels >= 0]
-            margins = losses.dynamic_margins(np.bincount(labels, minlength=num_classes),
-                                             margin_min=config.loss.dynamic_margin_min,
-                                             margin_range=config.loss.dynamic_margin_range)
-        loss_fn = losses.make_loss(config.loss.name, scale=sc.logit_scale, margin=sc.margin,
-                                   label_smoothing=config.loss.label_smoothing,
-                                   class_margins=margins)
+            warmup_epochs=sc.warmup_epochs, bias_lr_factor=config.optim.bias_lr_factor,
+            warmup_factor=config.optim.warmup_factor, min_factor=config.optim.min_lr_factor)
+        tx = optim.make_optimizer(
+            weight_decay=sc.weight_decay, weight_decay_bias=sc.weight_decay_bias,
+            momentum=config.optim.momentum, frozen=tuple(config.optim.frozen), **schedule_args)
+        # The weight group's schedule, which make_optimizer uses: what the logs report as lr.
+        lr_schedule = optim.lr_schedules(**schedule_args)["weight"]
+        labels = image_list.labels[image_list.labels >= 0]
+        loss_fn = losses.LOSSES.build_selected(config.loss, context={
+            "scale": sc.logit_scale, "margin": sc.margin,
+            "class_counts": np.bincount(labels, minlength=num_classes)})
         loss_scale = (precision.LossScale.create(config.loss_scale.init,
                                                  growth_interval=config.loss_scale.growth_interval)
                       if compute_dtype == jnp.float16 else None)
@@ -279,9 +313,9 @@ class _StageRun:
                     self.logger.message(f"warning: resuming stage {k} from a checkpoint written "
                                         "with a different configuration")
                 self.logger.message(f"stage {k}: resumed at step {resumed} of {total}")
-            first, last, evals = self._loop(state, step_fn, it, ckpt, spe, total,
-                                            resumed or 0, graphdef, compute_dtype)
-            state = self._final_state
+            state, first, last, evals = self._loop(state, step_fn, it, ckpt, spe, total,
+                                                   resumed or 0, graphdef, compute_dtype,
+                                                   lr_schedule)
             ckpt.wait()
         finally:
             ckpt.close()
@@ -298,62 +332,19 @@ class _StageRun:
                 "seed": self.config.seed, "config_hash": config_hash(self.config),
                 "process_count": self.process_count}
 
-    def _loop(self, state, step_fn, it, ckpt, spe, total, start, graphdef, compute_dtype):
+    def _loop(self, state, step_fn, it, ckpt, spe, total, start, graphdef, compute_dtype,
+              lr_schedule):
+        """Steps ``start`` .. ``total`` of the stage; returns (final state, first loss, last
+        loss, evaluation results)."""
         config, sc, k = self.config, self.sc, self.k
         every = config.checkpoint.every_steps
-        log_every = max(1, config.log.every_steps)
-        lr_table = optim.cosine_lr(np.arange(total + 1) / spe, base_lr=sc.base_lr,
-                                   lr_max=sc.base_lr, epochs=sc.epochs,
-                                   warmup_epochs=sc.warmup_epochs,
-                                   warmup_factor=config.optim.warmup_factor,
-                                   min_factor=config.optim.min_lr_factor)
         self.logger.start_stage(f"stage {k} {sc.name}", total_images=total * sc.batch_size,
                                 done_images=start * sc.batch_size)
-        window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t": time.perf_counter()}
-        first_last = [None, None]
+        running = _RunningMetrics(start_time=time.perf_counter())
         evals: dict[str, float] = {}
         if config.eval.every_epochs and config.eval.at_start and start == 0 and k == min(
                 parse_stages(config)):
             evals.update(self._evaluate(graphdef, state, compute_dtype, start, spe, "untrained"))
-
-        fp16 = state.loss_scale is not None
-
-        def handle(step: int, metrics: dict) -> None:
-            m = jax.device_get(metrics)
-            if not bool(m["finite"]) and not fp16:
-                raise TrainingDiverged(
-                    f"stage {k} ({sc.name}): loss or gradients are not finite at step {step} "
-                    f"(epoch {step / spe:.3f}, loss {float(m['loss'])}); the update was not "
-                    f"applied and nothing after step {ckpt.latest_step()} was saved. The last "
-                    f"checkpoint in {ckpt.directory} is usable: lower the learning rate or use "
-                    "another precision, then re-run to resume from it.")
-            loss = float(m["loss"])
-            if first_last[0] is None:
-                first_last[0] = loss
-            first_last[1] = loss
-            window["loss"] += loss
-            window["accuracy"] += float(m["accuracy"])
-            window["n"] += 1
-            done = step + 1
-            if step == start:  # the first step includes compilation: not timed
-                self.logger.message(f"stage {k}: first step (with compilation) took "
-                                    f"{time.perf_counter() - window['t']:.1f} s")
-                self.logger.advance(sc.batch_size)
-                window.update(loss=0.0, accuracy=0.0, n=0, t=time.perf_counter())
-                return
-            if done % log_every == 0 or done == total:
-                dt = time.perf_counter() - window["t"]
-                n = window["n"]
-                values = {"loss": window["loss"] / n, "accuracy": window["accuracy"] / n,
-                          "lr": float(lr_table[step]), "images_per_s": n * sc.batch_size / dt,
-                          "step_time_s": dt / n, "loss_scale": float(m["loss_scale"]),
-                          "skipped_steps": int(m["skipped"])}
-                self.logger.scalars(self._global_step(done), values,
-                                    {"stage": k, "step": done, "epoch": done / spe})
-                self.logger.advance(n * sc.batch_size, {
-                    "loss": f"{values['loss']:.3f}", "acc": f"{values['accuracy']:.3f}",
-                    "lr": f"{values['lr']:.2e}", "img/s": f"{values['images_per_s']:.1f}"})
-                window.update(loss=0.0, accuracy=0.0, n=0, t=time.perf_counter())
 
         pending = None
         for step in range(start, total):
@@ -362,12 +353,14 @@ class _StageRun:
                                           self.mesh)
             state, metrics = step_fn(state, gb)
             if pending is not None:
-                handle(*pending)
+                self._record_step(*pending, running, ckpt, spe, total, start, lr_schedule,
+                                  fp16=state.loss_scale is not None)
             pending = (step, metrics)
             done = step + 1
             epoch_end = done % spe == 0
             if (every and done % every == 0) or epoch_end or done == total:
-                handle(*pending)
+                self._record_step(*pending, running, ckpt, spe, total, start, lr_schedule,
+                                  fp16=state.loss_scale is not None)
                 pending = None
                 ckpt.save(done, state, self._meta(done, spe), it)
             every_eval = config.eval.every_epochs
@@ -375,14 +368,45 @@ class _StageRun:
                 evals.update(self._evaluate(graphdef, state, compute_dtype, done, spe,
                                             f"epoch {done / spe:g}"))
         if pending is not None:
-            handle(*pending)
+            self._record_step(*pending, running, ckpt, spe, total, start, lr_schedule,
+                              fp16=state.loss_scale is not None)
         self.logger.close_bar()
-        self._final_state = state
-        return first_last[0], first_last[1], evals
+        return state, running.first_loss, running.last_loss, evals
 
-    def _global_step(self, step: int) -> int:
-        """A step number increasing over stages, for TensorBoard: stage * 10^7 + step."""
-        return self.k * 10_000_000 + step
+    def _record_step(self, step: int, metrics: dict, running: _RunningMetrics, ckpt, spe: int,
+                     total: int, start: int, lr_schedule, *, fp16: bool) -> None:
+        """Checks step ``step``'s metrics, adds them to ``running`` and logs every
+        ``config.log.every_steps`` steps (the first step, which compiles, is not timed)."""
+        sc, k = self.sc, self.k
+        m = jax.device_get(metrics)
+        if not bool(m["finite"]) and not fp16:
+            raise TrainingDiverged(
+                f"stage {k} ({sc.name}): loss or gradients are not finite at step {step} "
+                f"(epoch {step / spe:.3f}, loss {float(m['loss'])}); the update was not "
+                f"applied and nothing after step {ckpt.latest_step()} was saved. The last "
+                f"checkpoint in {ckpt.directory} is usable: lower the learning rate or use "
+                "another precision, then re-run to resume from it.")
+        running.add(float(m["loss"]), float(m["accuracy"]))
+        done = step + 1
+        if step == start:  # the first step includes compilation: not timed
+            self.logger.message(f"stage {k}: first step (with compilation) took "
+                                f"{time.perf_counter() - running.start_time:.1f} s")
+            self.logger.advance(sc.batch_size)
+            running.restart()
+            return
+        if done % max(1, self.config.log.every_steps) == 0 or done == total:
+            dt = time.perf_counter() - running.start_time
+            n = running.steps
+            values = {"loss": running.loss_sum / n, "accuracy": running.accuracy_sum / n,
+                      "lr": float(lr_schedule(step)), "images_per_s": n * sc.batch_size / dt,
+                      "step_time_s": dt / n, "loss_scale": float(m["loss_scale"]),
+                      "skipped_steps": int(m["skipped"])}
+            self.logger.scalars(global_step(k, done), values,
+                                {"stage": k, "step": done, "epoch": done / spe})
+            self.logger.advance(n * sc.batch_size, {
+                "loss": f"{values['loss']:.3f}", "acc": f"{values['accuracy']:.3f}",
+                "lr": f"{values['lr']:.2e}", "img/s": f"{values['images_per_s']:.1f}"})
+            running.restart()
 
     def _evaluate(self, graphdef, state, compute_dtype, step, spe, when) -> dict[str, float]:
         config = self.config
@@ -397,15 +421,15 @@ class _StageRun:
         ecfg.read_threads = config.data.train.read_threads
         module = nnx.merge(graphdef, state.params, state.rest)
         embed = embedding.make_embed_fn(module.model, self.mesh,
-                                        scales=tuple(config.eval.get("scales", (1.0,))),
-                                        flip=bool(config.eval.get("flip", False)),
+                                        scales=tuple(config.eval.scales),
+                                        flip=bool(config.eval.flip),
                                         compute_dtype=compute_dtype)
         t = time.time()
         result = evaluation.retrieval_map(embed, validation,
                                           config.eval.images or image_root(config), ecfg,
                                           self.mesh)
         values = {f"val/{name}": float(v) for name, v in result.items()}
-        self.logger.scalars(self._global_step(step), values,
+        self.logger.scalars(global_step(self.k, step), values,
                             {"stage": self.k, "step": step, "epoch": step / spe, "eval": when})
         self.logger.message(f"stage {self.k} {when}: validation mAP@100 "
                             f"{result['map@100']:.4f} ({time.time() - t:.1f} s)")
@@ -418,10 +442,8 @@ class _StageRun:
         module.eval()
         meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
                 "image_size": self.sc.image_size, "config_hash": config_hash(self.config)}
-        model_checkpoint.save_model(path, module.model, module.classifier,
-                                    arch=self.config.model.name,
-                                    model_kwargs=model_kwargs(self.config), metadata=meta,
-                                    overwrite=True)
+        saved_model.save_model(path, module.model, module.classifier,
+                               config=model_config(self.config), metadata=meta, overwrite=True)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -467,7 +489,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                "skipping it")
                 continue
             summary = _StageRun(config, workdir, k, mesh, logger).run()
-            logger.scalars(k * 10_000_000 + summary.steps, {},
+            logger.scalars(global_step(k, summary.steps), {},
                            {"stage_summary": dataclasses.asdict(summary)})
             logger.message(f"stage {k} ({summary.name}) done in {summary.seconds:.0f} s: loss "
                            f"{summary.first_loss} -> {summary.last_loss}; model {summary.export}")

@@ -1,12 +1,20 @@
-"""Model checkpoints: a retrieval model (and optionally its classifier) saved with orbax.
+"""Saved models: a retrieval model (and optionally its classifier) saved with orbax, loadable by
+its path alone (the architecture is in the metadata).
+
+Training-state checkpoints for resuming a run (optimiser state, step, data iterator) are a
+different thing: :mod:`lmr_jax.train.train_checkpoints`.
 
 A model checkpoint is an orbax directory with three items:
   * ``model``: the model's NNX state as a nested dict of arrays (params, frozen params and
     BatchNorm statistics; ``StandardSave``),
   * ``classifier``: the same for the ``CosineClassifier`` (only when one was saved),
-  * ``meta``: JSON with ``format`` / ``format_version``, ``arch``, ``model_kwargs`` (the
-    keyword arguments of ``lmr_jax.models.create``), ``dtype``, ``classifier``
-    (``{"num_classes", "num_subcenters", "embed_dim"}`` or null) and any caller metadata.
+  * ``meta``: JSON with ``format`` / ``format_version``, ``arch`` and ``model_kwargs`` (the
+    :class:`~lmr_jax.models.model_config.ModelConfig`: its ``arch`` and its other fields),
+    ``dtype``, ``classifier`` (``{"num_classes", "num_subcenters", "embed_dim"}`` or null) and
+    any caller metadata.
+
+Format versions: 2 records every ModelConfig field; 1 (before heads were registered) has no
+``head`` and is read as the ``bn_neck`` head, which is what it held.
 
 ``load_model`` rebuilds the model from ``meta`` and restores the arrays, so a checkpoint is
 loaded by its path alone. Writes are atomic (orbax writes to a temporary directory and renames
@@ -15,7 +23,6 @@ it when complete).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -27,12 +34,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from lmr_jax.models import heads, registry
+from lmr_jax.models.model_config import ModelConfig
 
 FORMAT = "lmr_jax.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RESERVED_KEYS = ("format", "format_version", "arch", "model_kwargs", "dtype", "classifier")
-# Keyword arguments of ``lmr_jax.models.create`` a checkpoint records (dtype separately).
-MODEL_KWARGS = ("last_stride", "embed_dim", "pooling", "gem_p", "learnable_p")
 
 
 class ModelCheckpointError(ValueError):
@@ -58,44 +65,44 @@ def _classifier_config(classifier: heads.CosineClassifier) -> dict[str, int]:
             "embed_dim": int(classifier.weight.shape[1])}
 
 
+def model_config_of(meta: Mapping[str, Any], *, where: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig a checkpoint's metadata records (any readable format version)."""
+    return ModelConfig.from_dict({"arch": meta["arch"], **meta["model_kwargs"]},
+                                 where=f"{where}: model_kwargs")
+
+
 def save_model(path: str | os.PathLike, model: nnx.Module,
-               classifier: heads.CosineClassifier | None = None, *, arch: str,
-               model_kwargs: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
+               classifier: heads.CosineClassifier | None = None, *, config: ModelConfig,
+               dtype: Any = jnp.float32, metadata: Mapping[str, Any] | None = None,
                overwrite: bool = False) -> None:
     """Writes ``model`` (and ``classifier``) as an orbax model checkpoint at ``path``.
 
     Args:
       path: the checkpoint directory to create.
-      model: a ``lmr_jax.models.create(arch, **model_kwargs)`` model.
+      model: a ``lmr_jax.models.create(config, dtype=dtype)`` model.
       classifier: its ``CosineClassifier``, or None to save the embedding model alone.
-      arch: the registered backbone name the model was built with.
-      model_kwargs: the keyword arguments of ``create`` used (any of ``last_stride``,
-        ``embed_dim``, ``pooling``, ``gem_p``, ``learnable_p``, ``dtype``; others are refused).
-        The metadata records all five (``create``'s defaults for those not given).
+      config: the model's architecture (every field is recorded).
+      dtype: the computation dtype it was built with (recorded; ``load_model``'s default).
       metadata: extra JSON-serialisable entries stored with the checkpoint and returned by
         ``load_model`` (e.g. the source checkpoint, training stage); must not use the keys in
         ``RESERVED_KEYS``.
       overwrite: replace an existing checkpoint at ``path``.
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False.
-      ValueError: unknown model kwargs, reserved or non-JSON metadata.
+      ValueError: an unknown arch, reserved or non-JSON metadata.
     """
     path = os.path.abspath(os.fspath(path))
-    kwargs = dict(model_kwargs)
-    dtype = _dtype_name(kwargs.pop("dtype", jnp.float32))
-    unknown = sorted(set(kwargs) - set(MODEL_KWARGS))
-    if unknown:
-        raise ValueError(f"unknown model_kwargs {unknown}; allowed: {MODEL_KWARGS} and dtype")
-    defaults = inspect.signature(registry.create).parameters
-    kwargs = {k: kwargs.get(k, defaults[k].default) for k in MODEL_KWARGS}
-    if arch not in registry.list_models():
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(registry.list_models())}")
+    if config.arch not in registry.list_models():
+        raise ValueError(f"unknown arch {config.arch!r}; known: "
+                         f"{', '.join(registry.list_models())}")
+    kwargs = config.to_dict()
+    arch = kwargs.pop("arch")
     extra = dict(metadata or {})
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"metadata keys {clash} are reserved ({RESERVED_KEYS})")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
-            "model_kwargs": kwargs, "dtype": dtype,
+            "model_kwargs": kwargs, "dtype": _dtype_name(dtype),
             "classifier": None if classifier is None else _classifier_config(classifier),
             **extra}
     try:
@@ -128,16 +135,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             os.path.join(path, "model")):
         raise ModelCheckpointError(
             f"{path}: not a lmr_jax model checkpoint (expected the orbax items 'model' and "
-            "'meta' written by lmr_jax.models.checkpoint.save_model; a PyTorch checkpoint "
+            "'meta' written by lmr_jax.models.saved_model.save_model; a PyTorch checkpoint "
             "must first be converted with scripts/convert_weights.py)")
     meta = _checkpointer().restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     meta = meta["meta"]
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelCheckpointError(f"{path}: 'meta' does not describe a {FORMAT} checkpoint")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ModelCheckpointError(
             f"{path}: format version {meta.get('format_version')} is not supported "
-            f"(this code reads version {FORMAT_VERSION})")
+            f"(this code reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     return meta
 
 
@@ -196,10 +203,12 @@ def load_model(path: str | os.PathLike, *, dtype: Any = None, arch: str | None =
             f"{path}: arch {saved_arch!r} is not a registered model "
             f"(known: {', '.join(registry.list_models())})")
     dtype = jnp.dtype(meta["dtype"] if dtype is None else dtype)
-    kwargs = dict(meta["model_kwargs"])
+    try:
+        config = model_config_of(meta, where=path)
+    except ValueError as e:
+        raise ModelCheckpointError(str(e)) from e
     ckpt = _checkpointer()
-    abstract = nnx.eval_shape(lambda: registry.create(saved_arch, dtype=dtype, rngs=nnx.Rngs(0),
-                                                      **kwargs))
+    abstract = nnx.eval_shape(lambda: registry.create(config, dtype=dtype, rngs=nnx.Rngs(0)))
     model = _restore_into(ckpt, path, "model", abstract, f"{saved_arch} model")
     model.eval()
     classifier = None

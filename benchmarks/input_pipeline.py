@@ -1,7 +1,7 @@
-"""Training input-pipeline throughput on synthetic GLDv2-like JPEGs (images/s per worker process).
+"""Training input-pipeline throughput on synthetic landmark JPEGs (images/s per worker process).
 
 Measures, for each output size and each image set (original ~800x600 JPEGs and the same images
-re-encoded with the long side capped at 640 px, like a ``--max-side 640`` store):
+re-encoded with the long side capped at 640 px, like a ``--max_side 640`` store):
 
 * ``transform``: decode + resize + augment (:class:`~lmr_jax.data.augment.TrainAugment`) of one
   image at a time in this process, one thread: the work of one worker process;
@@ -13,6 +13,12 @@ Each is given per wall-clock second and per CPU second of the process(es) doing 
 CPU time read from /proc, Linux only); on a machine shared with other jobs the CPU-second figure
 is the stable one. Every figure is a median over repeats.
 :func:`draft_effect` measures what JPEG draft decoding saves and changes on large originals.
+The images are views of synthetic landmarks (:func:`lmr_jax.synthetic.render.landmark_photo_jpegs`).
+
+Prints markdown tables for docs/benchmarks.md::
+
+    python -m benchmarks.input_pipeline                 # about 3 minutes on 2 cores
+    python -m benchmarks.input_pipeline --quick --sizes 384
 """
 
 from __future__ import annotations
@@ -20,42 +26,23 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import platform
 import statistics
 import time
 import types
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from absl import app, flags
+from PIL import Image
 
 from lmr_jax.data import augment, pipeline
-
-
-def synthetic_photo(rng: np.random.Generator, width: int = 800, height: int = 600) -> Image.Image:
-    """A photo-like RGB image: smooth colour field, random shapes, slight blur, sensor noise."""
-    field = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    image = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(40):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        box = [x0, y0, x0 + int(rng.integers(10, 300)), y0 + int(rng.integers(10, 300))]
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour)
-    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.int16)
-    pixels = pixels + rng.normal(0, 10, pixels.shape).astype(np.int16)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+from lmr_jax.synthetic.render import landmark_photo_jpegs
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def synthetic_jpegs(n: int, *, width: int = 800, height: int = 600, quality: int = 90,
-                    seed: int = 0) -> list[bytes]:
-    """``n`` synthetic photo JPEGs (800x600 at quality 90: about 150 KB each)."""
-    rng = np.random.default_rng(seed)
-    return [_jpeg(synthetic_photo(rng, width, height), quality) for _ in range(n)]
 
 
 def cap_long_side(jpegs: list[bytes], max_side: int = 640, quality: int = 90) -> list[bytes]:
@@ -176,7 +163,7 @@ def run_benchmark(*, sizes: tuple[int, ...] = (384, 512), num_images: int = 200,
     size, draft_effect results)}.
     """
     n = 48 if quick else num_images
-    originals = synthetic_jpegs(n)
+    originals = landmark_photo_jpegs(n, width=800, height=600)
     capped = cap_long_side(originals, 640)
     repeats = 1 if quick else 3
     rows = []
@@ -193,7 +180,7 @@ def run_benchmark(*, sizes: tuple[int, ...] = (384, 512), num_images: int = 200,
             rows.append(row)
     draft_rows = []
     for w, h in ((1024, 768), (1600, 1200)):
-        large = synthetic_jpegs(4 if quick else 12, width=w, height=h, seed=1)
+        large = landmark_photo_jpegs(4 if quick else 12, width=w, height=h, seed=1)
         for size in sizes:
             draft_rows.append({"resolution": f"{w}x{h}", "size": size,
                                **draft_effect(large, size, repeats=repeats)})
@@ -219,3 +206,19 @@ def to_markdown(results: dict[str, list[dict]]) -> str:
                      f"{r['draft_ms']:.2f} | {r['mean_abs_diff']:.2f} | "
                      f"{r['max_abs_diff']:.0f} |")
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    results = run_benchmark(sizes=tuple(f.sizes), num_images=f.images, quick=f.quick)
+    print(f"machine: {platform.processor() or platform.machine()}, python "
+          f"{platform.python_version()}")
+    print(to_markdown(results))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_bool("quick", False, "48 images, one repeat, one worker count.")
+    flags.DEFINE_multi_integer("sizes", [384, 512], "Output sizes (repeat the flag).")
+    flags.DEFINE_integer("images", 200, "Synthetic JPEGs per set.")
+    app.run(main)
