@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_rerank import slow_landmark_country
 
 from lmr_jax.data.lists import ImageList, ValidationSet
 from lmr_jax.retrieval import features
+from tests.test_rerank import slow_landmark_country
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_Q, NUM_X, NUM_R = 3, 130, 70

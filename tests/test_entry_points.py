@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_ensemble import _config, ensemble  # noqa: F401 - the fixture is used below
+
+from tests.test_ensemble import _config, ensemble  # noqa: F401 - the fixture is used below
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
