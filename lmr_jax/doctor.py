@@ -125,9 +125,10 @@ def check_device(device) -> str:
 
     from lmr_jax import models
     from lmr_jax.models import heads
+    from lmr_jax.retrieval.embedding import make_embed_fn
     from lmr_jax.train import distributed, losses, optim, precision
     from lmr_jax.train.state import TrainModule, create_train_state
-    from lmr_jax.train.step import make_embed_fn, make_train_step
+    from lmr_jax.train.step import make_train_step
 
     dtype = precision.resolve_dtype("auto", device.platform)
     module = TrainModule(models.create(MODEL, embed_dim=EMBED_DIM, dtype=dtype,
@@ -139,7 +140,7 @@ def check_device(device) -> str:
     mesh = distributed.make_mesh([device])
     graphdef, state = create_train_state(module, tx)
     state = distributed.replicate(state, mesh)
-    step = make_train_step(graphdef, losses.make_loss("arcface"), tx, mesh,
+    step = make_train_step(graphdef, losses.LOSSES.build("arcface"), tx, mesh,
                            state_sharding=jax.tree.map(lambda a: a.sharding, state),
                            compute_dtype=dtype, donate=False)
     rng = np.random.default_rng(0)
@@ -153,9 +154,10 @@ def check_device(device) -> str:
     step_s = time.perf_counter() - start
     if not (finite and np.isfinite(loss)):
         raise FloatingPointError(f"the train step's loss or gradients are not finite ({loss})")
-    embed = make_embed_fn(graphdef, mesh, compute_dtype=dtype)
+    embed = make_embed_fn(nnx.merge(graphdef, state.params, state.rest).model, mesh,
+                          compute_dtype=dtype)
     start = time.perf_counter()
-    emb = np.asarray(embed(state.params, state.rest, batch["image"]))
+    emb = np.asarray(embed(batch["image"]))
     embed_s = time.perf_counter() - start
     if emb.shape != (batch_size, EMBED_DIM) or not np.all(np.isfinite(emb)):
         raise FloatingPointError(f"the embedding has shape {emb.shape} or non-finite values")

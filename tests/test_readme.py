@@ -1,7 +1,7 @@
 """Every command in the README names scripts, flags and config keys that exist.
 
-The README's bash blocks are parsed; for each ``python scripts/X.py ...`` command the script must
-exist, every ``--flag`` must be one the script defines (argparse or absl, by name in its source),
+The README's bash blocks are parsed; for each ``python scripts/X.py ...`` (or ``python -m module ...``) command the
+script must exist, every ``--flag`` must be one the script defines (argparse or absl, by name in its source),
 and every ``--config.a.b=value`` override must name a key of the config file given with
 ``--config``. ``make`` targets must exist in the Makefile. What the commands do is exercised by
 the tests of each script and by ``make demo``.
@@ -29,8 +29,15 @@ def bash_commands() -> list[list[str]]:
     return commands
 
 
+def as_script(cmd: list[str]) -> list[str]:
+    """``python -m pkg.mod ARGS`` as ``python pkg/mod.py ARGS`` (the module's source file)."""
+    if len(cmd) > 2 and cmd[1] == "-m":
+        return [cmd[0], cmd[2].replace(".", "/") + ".py", *cmd[3:]]
+    return cmd
+
+
 COMMANDS = bash_commands()
-PY_COMMANDS = [c for c in COMMANDS if c[0] == "python"]
+PY_COMMANDS = [as_script(c) for c in COMMANDS if c[0] == "python"]
 
 
 def script_flags(script: Path) -> set[str]:
