@@ -13,7 +13,7 @@ model and uses it. Parameters are stored in float32; ``dtype`` is the computatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -354,14 +354,36 @@ class Sequential(nnx.List):
         return x
 
 
+def deep_stem(widths: Sequence[int], *, dtype: DType = jnp.float32,
+              rngs: nnx.Rngs) -> Sequential:
+    """The "deep" stem of ResNet-D / ResNeSt: conv 3x3/2 -> BN -> ReLU -> conv 3x3 -> BN -> ReLU
+    -> conv 3x3, with ``widths`` (w1, w2, w3) output channels (PyTorch Sequential indices
+    0, 1, 3, 4, 6). The caller adds the last BN (``bn1``), ReLU and max pool.
+    (B, H, W, 3) -> (B, ceil(H / 2), ceil(W / 2), w3).
+    """
+    w1, w2, w3 = widths
+    return Sequential([
+        Conv2d(3, w1, 3, stride=2, padding=1, dtype=dtype, rngs=rngs),
+        BatchNorm(w1, dtype=dtype),
+        ReLU(),
+        Conv2d(w1, w2, 3, padding=1, dtype=dtype, rngs=rngs),
+        BatchNorm(w2, dtype=dtype),
+        ReLU(),
+        Conv2d(w2, w3, 3, padding=1, dtype=dtype, rngs=rngs),
+    ])
+
+
 class FourStageBackbone(nnx.Module):
     """A ResNet-style backbone: ``stem`` then ``layer1``..``layer4`` (nnx.Lists of blocks).
 
-    Subclasses define ``stem(x)`` and the four stages; the output is the last stage's map.
+    Subclasses build ``conv1`` (a conv or a :func:`deep_stem`), ``bn1``, ``dtype`` and the four
+    stages; the output is the last stage's map.
     """
 
     def stem(self, x: Array) -> Array:
-        raise NotImplementedError
+        """conv1 -> bn1 -> ReLU -> max-pool 3x3/2/1: (B, H, W, 3) -> (B, ~H/4, ~W/4, C)."""
+        x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
+        return max_pool2d(x, 3, 2, 1)
 
     def stage_outputs(self, x: Array) -> list[Array]:
         """Outputs of the stem and of layer1..layer4 (five NHWC maps, in the compute dtype)."""

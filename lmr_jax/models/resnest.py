@@ -155,16 +155,9 @@ class ResNeSt(layers.FourStageBackbone):
                  rngs: nnx.Rngs):
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        self.dtype = dtype
         w = stem_width
-        self.conv1 = layers.Sequential([
-            layers.Conv2d(3, w, 3, stride=2, padding=1, dtype=dtype, rngs=rngs),
-            layers.BatchNorm(w, dtype=dtype),
-            layers.ReLU(),
-            layers.Conv2d(w, w, 3, padding=1, dtype=dtype, rngs=rngs),
-            layers.BatchNorm(w, dtype=dtype),
-            layers.ReLU(),
-            layers.Conv2d(w, 2 * w, 3, padding=1, dtype=dtype, rngs=rngs),
-        ])
+        self.conv1 = layers.deep_stem((w, w, 2 * w), dtype=dtype, rngs=rngs)
         self.bn1 = layers.BatchNorm(2 * w, dtype=dtype)
         common = dict(radix=radix, dtype=dtype, rngs=rngs)
         self.layer1 = _make_layer(2 * w, 64, blocks[0], stride=1, dilation=1, is_first=False,
@@ -176,11 +169,6 @@ class ResNeSt(layers.FourStageBackbone):
         else:
             self.layer4 = _make_layer(1024, 512, blocks[3], stride=2, dilation=1, **common)
         self.num_features = 512 * Bottleneck.expansion
-
-    def stem(self, x: Array) -> Array:
-        """(B, H, W, 3) -> (B, ~H/4, ~W/4, 2 * stem_width): deep stem, BN, ReLU, max-pool."""
-        x = jax.nn.relu(self.bn1(self.conv1(x)))
-        return layers.max_pool2d(x, 3, 2, 1)
 
 
 def _resnest(blocks: tuple[int, int, int, int], stem_width: int, *, last_stride: int,

@@ -13,7 +13,7 @@ Sizes are PyTorch's: each stride-2 stage gives ``ceil(size / 2)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -29,6 +29,7 @@ DType = Any
 # Shortcut layouts of the first block of a stage whose shape changes.
 SHORTCUT_CONV = "conv"  # conv 1x1 with the block's stride -> BN (torchvision, IBN-Net, SENet)
 SHORTCUT_AVGPOOL = "avgpool"  # stride > 1: AvgPool2d(s, s) -> conv 1x1 -> BN (reference resnet50)
+EXPANSION = 4  # bottleneck output channels = planes * EXPANSION
 
 
 class SELayer(nnx.Module):
@@ -53,37 +54,34 @@ class SELayer(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-    """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride, groups) -> 1x1 (x4) [-> SE] + shortcut -> ReLU.
+    """Bottleneck block: 1x1 -> 3x3 (stride, groups) -> 1x1 [-> SE] + shortcut -> ReLU.
+
+    The ResNet v1.5 block of every ResNet-family backbone here (reference, torchvision, IBN-a,
+    SE, ResNeXt and Baidu's vd models). (B, H, W, inplanes) -> (B, ceil(H / stride),
+    ceil(W / stride), outplanes).
 
     Args:
-      inplanes: input channels.
-      planes: base width; the output has ``planes * 4`` channels.
+      inplanes, width, outplanes: input, inner (1x1 and 3x3 convs) and output channels.
       stride: stride of the 3x3 conv (and of the shortcut).
-      groups, base_width: ResNeXt cardinality and per-group width; the inner width is
-        ``int(planes * base_width / 64) * groups`` (= planes for a plain ResNet).
+      groups: groups of the 3x3 conv (ResNeXt cardinality).
       ibn: IBN-a (InstanceNorm on the first half of the channels) in place of ``bn1``.
-      se_reduction: add a squeeze-and-excitation layer ``se`` with this reduction (None: off).
+      se: the squeeze-and-excitation gate ``se`` on the residual branch, or None.
       downsample: the shortcut module, or None for the identity.
     """
 
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, *, stride: int = 1, groups: int = 1,
-                 base_width: int = 64, ibn: bool = False, se_reduction: int | None = None,
+    def __init__(self, inplanes: int, width: int, outplanes: int, *, stride: int = 1,
+                 groups: int = 1, ibn: bool = False, se: nnx.Module | None = None,
                  downsample: layers.Sequential | None = None, dtype: DType = jnp.float32,
                  rngs: nnx.Rngs):
-        width = int(planes * (base_width / 64.0)) * groups
-        out = planes * self.expansion
         self.conv1 = layers.Conv2d(inplanes, width, 1, dtype=dtype, rngs=rngs)
         self.bn1 = (layers.IBN(width, dtype=dtype, rngs=rngs) if ibn
                     else layers.BatchNorm(width, dtype=dtype))
         self.conv2 = layers.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups,
                                    dtype=dtype, rngs=rngs)
         self.bn2 = layers.BatchNorm(width, dtype=dtype)
-        self.conv3 = layers.Conv2d(width, out, 1, dtype=dtype, rngs=rngs)
-        self.bn3 = layers.BatchNorm(out, dtype=dtype)
-        self.se = (SELayer(out, se_reduction, dtype=dtype, rngs=rngs)
-                   if se_reduction is not None else None)
+        self.conv3 = layers.Conv2d(width, outplanes, 1, dtype=dtype, rngs=rngs)
+        self.bn3 = layers.BatchNorm(outplanes, dtype=dtype)
+        self.se = se
         self.downsample = downsample
 
     def __call__(self, x: Array) -> Array:
@@ -96,9 +94,9 @@ class Bottleneck(nnx.Module):
         if shortcut.shape != out.shape:
             raise ValueError(
                 f"shortcut shape {shortcut.shape} != residual shape {out.shape} for input "
-                f"{x.shape}: the average-pool shortcut (floor mode) of the reference resnet50 "
-                "layout needs even feature-map sizes before each stride-2 stage, i.e. input "
-                "height and width divisible by 16")
+                f"{x.shape}: a floor-mode average-pool shortcut (the reference resnet50 layout) "
+                "needs even feature-map sizes before each stride-2 stage, i.e. input height and "
+                "width divisible by 16")
         return jax.nn.relu(out + shortcut.astype(out.dtype))
 
 
@@ -117,6 +115,34 @@ def _shortcut(inplanes: int, outplanes: int, stride: int, kind: str, dtype: DTyp
         layers.Conv2d(inplanes, outplanes, 1, stride=stride, dtype=dtype, rngs=rngs),
         layers.BatchNorm(outplanes, dtype=dtype),
     ])
+
+
+def bottleneck_stages(inplanes: int, *, blocks: Sequence[int], widths: Sequence[int],
+                      outplanes: Sequence[int], strides: Sequence[int], groups: int = 1,
+                      ibn: Sequence[bool] = (False, False, False, False),
+                      make_se: Callable[[int], nnx.Module | None],
+                      make_shortcut: Callable[[int, int, int], layers.Sequential],
+                      dtype: DType, rngs: nnx.Rngs) -> list[nnx.List]:
+    """The four stages of Bottlenecks of a ResNet-family backbone.
+
+    Stage i has ``blocks[i]`` blocks of inner width ``widths[i]`` and ``outplanes[i]`` output
+    channels; its first block has stride ``strides[i]`` and, where the stride or the channel
+    count changes, the shortcut ``make_shortcut(in, out, stride)``; every block gets the SE
+    gate ``make_se(out)`` (None: none) and, where ``ibn[i]``, IBN-a in ``bn1``.
+    """
+    stages = []
+    for i in range(4):
+        stage = []
+        for j in range(blocks[i]):
+            stride = strides[i] if j == 0 else 1
+            downsample = (make_shortcut(inplanes, outplanes[i], stride)
+                          if stride != 1 or inplanes != outplanes[i] else None)
+            stage.append(Bottleneck(
+                inplanes, widths[i], outplanes[i], stride=stride, groups=groups, ibn=ibn[i],
+                se=make_se(outplanes[i]), downsample=downsample, dtype=dtype, rngs=rngs))
+            inplanes = outplanes[i]
+        stages.append(nnx.List(stage))
+    return stages
 
 
 class ResNet(layers.FourStageBackbone):
@@ -153,31 +179,21 @@ class ResNet(layers.FourStageBackbone):
         self.dtype = dtype
         self.conv1 = layers.Conv2d(3, base_planes, 7, stride=2, padding=3, dtype=dtype, rngs=rngs)
         self.bn1 = layers.BatchNorm(base_planes, dtype=dtype)
-        inplanes = base_planes
-        strides = (1, 2, 2, last_stride)
-        stages = []
-        for i in range(4):
-            planes = base_planes * 2 ** i
-            outplanes = planes * Bottleneck.expansion
-            stage = []
-            for j in range(blocks[i]):
-                stride = strides[i] if j == 0 else 1
-                downsample = None
-                if j == 0 and (stride != 1 or inplanes != outplanes):
-                    downsample = _shortcut(inplanes, outplanes, stride, shortcut, dtype, rngs)
-                stage.append(Bottleneck(
-                    inplanes, planes, stride=stride, groups=groups, base_width=base_width,
-                    ibn=ibn[i], se_reduction=se_reduction, downsample=downsample, dtype=dtype,
-                    rngs=rngs))
-                inplanes = outplanes
-            stages.append(nnx.List(stage))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.num_features = inplanes
+        planes = [base_planes * 2 ** i for i in range(4)]
 
-    def stem(self, x: Array) -> Array:
-        """(B, H, W, 3) -> (B, ceil(H/4), ceil(W/4), base_planes)."""
-        x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
-        return layers.max_pool2d(x, 3, 2, 1)
+        def make_se(channels: int) -> SELayer | None:
+            return (SELayer(channels, se_reduction, dtype=dtype, rngs=rngs)
+                    if se_reduction is not None else None)
+
+        stages = bottleneck_stages(
+            base_planes, blocks=blocks, widths=[int(p * (base_width / 64.0)) * groups
+                                                for p in planes],
+            outplanes=[p * EXPANSION for p in planes], strides=(1, 2, 2, last_stride),
+            groups=groups, ibn=ibn, make_se=make_se,
+            make_shortcut=lambda i, o, st: _shortcut(i, o, st, shortcut, dtype, rngs),
+            dtype=dtype, rngs=rngs)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = planes[3] * EXPANSION
 
 
 _IBN_A = (True, True, True, False)

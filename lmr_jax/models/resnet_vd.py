@@ -41,6 +41,7 @@ from flax import nnx
 
 from lmr_jax.models import layers
 from lmr_jax.models.registry import register_backbone
+from lmr_jax.models.resnet import bottleneck_stages
 
 Array = jax.Array
 DType = Any
@@ -63,45 +64,6 @@ class SqueezeExcitation(nnx.Module):
         squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         gate = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(squeezed))).astype(jnp.float32))
         return x * gate[:, None, None, :].astype(x.dtype)
-
-
-class BottleneckVd(nnx.Module):
-    """1x1 -> 3x3 (stride, groups) -> 1x1 [-> SE] + shortcut -> ReLU.
-
-    Input (B, H, W, inplanes) -> (B, ceil(H / stride), ceil(W / stride), outplanes).
-
-    Args:
-      inplanes, width, outplanes: input, inner and output channels.
-      stride: stride of the 3x3 conv.
-      groups: groups of the 3x3 conv (64 for SE-ResNeXt-152 64x4d).
-      se_reduction: squeeze-and-excitation with this reduction on the residual branch (None:
-        off).
-      downsample: the projection shortcut (``projection_shortcut``), or None for the identity.
-    """
-
-    def __init__(self, inplanes: int, width: int, outplanes: int, *, stride: int = 1,
-                 groups: int = 1, se_reduction: int | None = None,
-                 downsample: layers.Sequential | None = None, dtype: DType = jnp.float32,
-                 rngs: nnx.Rngs):
-        self.conv1 = layers.Conv2d(inplanes, width, 1, dtype=dtype, rngs=rngs)
-        self.bn1 = layers.BatchNorm(width, dtype=dtype)
-        self.conv2 = layers.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups,
-                                   dtype=dtype, rngs=rngs)
-        self.bn2 = layers.BatchNorm(width, dtype=dtype)
-        self.conv3 = layers.Conv2d(width, outplanes, 1, dtype=dtype, rngs=rngs)
-        self.bn3 = layers.BatchNorm(outplanes, dtype=dtype)
-        self.se = (SqueezeExcitation(outplanes, se_reduction, dtype=dtype, rngs=rngs)
-                   if se_reduction is not None else None)
-        self.downsample = downsample
-
-    def __call__(self, x: Array) -> Array:
-        out = jax.nn.relu(self.bn1(self.conv1(x)))
-        out = jax.nn.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(out + shortcut.astype(out.dtype))
 
 
 def projection_shortcut(inplanes: int, outplanes: int, stride: int, *, dtype: DType,
@@ -146,41 +108,21 @@ class ResNetVd(layers.FourStageBackbone):
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
         self.dtype = dtype
-        s1, s2, s3 = stem_widths
-        self.conv1 = layers.Sequential([
-            layers.Conv2d(3, s1, 3, stride=2, padding=1, dtype=dtype, rngs=rngs),
-            layers.BatchNorm(s1, dtype=dtype),
-            layers.ReLU(),
-            layers.Conv2d(s1, s2, 3, padding=1, dtype=dtype, rngs=rngs),
-            layers.BatchNorm(s2, dtype=dtype),
-            layers.ReLU(),
-            layers.Conv2d(s2, s3, 3, padding=1, dtype=dtype, rngs=rngs),
-        ])
-        self.bn1 = layers.BatchNorm(s3, dtype=dtype)
-        inplanes = s3
-        strides = (1, 2, 2, last_stride)
-        stages = []
-        for i in range(4):
-            outplanes = widths[i] * expansion
-            stage = []
-            for j in range(blocks[i]):
-                stride = strides[i] if j == 0 else 1
-                downsample = None
-                if stride != 1 or inplanes != outplanes:
-                    downsample = projection_shortcut(inplanes, outplanes, stride, dtype=dtype,
-                                                     rngs=rngs)
-                stage.append(BottleneckVd(
-                    inplanes, widths[i], outplanes, stride=stride, groups=groups,
-                    se_reduction=se_reduction, downsample=downsample, dtype=dtype, rngs=rngs))
-                inplanes = outplanes
-            stages.append(nnx.List(stage))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.num_features = inplanes
+        self.conv1 = layers.deep_stem(stem_widths, dtype=dtype, rngs=rngs)
+        self.bn1 = layers.BatchNorm(stem_widths[2], dtype=dtype)
 
-    def stem(self, x: Array) -> Array:
-        """(B, H, W, 3) -> (B, ceil(H/4), ceil(W/4), stem_widths[2])."""
-        x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
-        return layers.max_pool2d(x, 3, 2, 1)
+        def make_se(channels: int) -> SqueezeExcitation | None:
+            return (SqueezeExcitation(channels, se_reduction, dtype=dtype, rngs=rngs)
+                    if se_reduction is not None else None)
+
+        outplanes = [w * expansion for w in widths]
+        stages = bottleneck_stages(
+            stem_widths[2], blocks=blocks, widths=widths, outplanes=outplanes,
+            strides=(1, 2, 2, last_stride), groups=groups, make_se=make_se,
+            make_shortcut=lambda i, o, st: projection_shortcut(i, o, st, dtype=dtype, rngs=rngs),
+            dtype=dtype, rngs=rngs)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = outplanes[3]
 
 
 RESNET152_VD_BLOCKS = (3, 8, 36, 3)

@@ -12,7 +12,8 @@ import csv
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,25 +71,40 @@ def _csv_rows(path: str | os.PathLike, header: Sequence[str], *,
             yield line, row
 
 
-def read_retrieval_solution(path: str | os.PathLike) -> RetrievalSolution:
-    """Read ``id,images,Usage`` (GLDv2 retrieval solution) into a :class:`RetrievalSolution`."""
-    public: dict[str, list[str]] = {}
-    private: dict[str, list[str]] = {}
+def _solution_rows(path: str | os.PathLike, column: str,
+                   parse: Callable[[str, str, str, int], Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+    """(public, private, ignored) of a GLDv2 solution file ``id,<column>,Usage``.
+
+    ``parse(qid, value, usage, line)`` turns a Public/Private row's ``column`` into its ground
+    truth; Ignored rows only have their id kept. Errors name ``path:line``.
+    """
+    public: dict[str, Any] = {}
+    private: dict[str, Any] = {}
     ignored: set[str] = set()
-    for line, row in _csv_rows(path, ("id", "images", "Usage")):
-        qid, images, usage = (c.strip() for c in row)
+    for line, row in _csv_rows(path, ("id", column, "Usage")):
+        qid, value, usage = (c.strip() for c in row)
         if usage == "Ignored":
             ignored.add(qid)
             continue
         if usage not in ("Public", "Private"):
             raise SubmissionError(f"{path}:{line}: Usage must be one of {USAGES}, got {usage!r}")
+        (public if usage == "Public" else private)[qid] = parse(qid, value, usage, line)
+    if not public and not private:
+        raise SubmissionError(f"{path}: no Public or Private query")
+    return public, private, ignored
+
+
+def read_retrieval_solution(path: str | os.PathLike) -> RetrievalSolution:
+    """Read ``id,images,Usage`` (GLDv2 retrieval solution) into a :class:`RetrievalSolution`."""
+
+    def ground_truth(qid: str, images: str, usage: str, line: int) -> list[str]:
         gt = images.split()
         if not gt or gt == ["None"]:
             raise SubmissionError(f"{path}:{line}: {usage} query {qid} has no ground truth")
-        (public if usage == "Public" else private)[qid] = gt
-    if not public and not private:
-        raise SubmissionError(f"{path}: no Public or Private query")
-    return RetrievalSolution(public, private, ignored)
+        return gt
+
+    return RetrievalSolution(*_solution_rows(path, "images", ground_truth))
 
 
 def read_retrieval_submission(path: str | os.PathLike, solution: RetrievalSolution | None = None,
@@ -224,24 +240,14 @@ def read_recognition_solution(path: str | os.PathLike) -> RecognitionSolution:
     landmarks: space-separated landmark ids, empty (or ``None``) for a non-landmark query;
     Usage: Public, Private or Ignored.
     """
-    public: dict[str, list[int]] = {}
-    private: dict[str, list[int]] = {}
-    ignored: set[str] = set()
-    for line, row in _csv_rows(path, ("id", "landmarks", "Usage")):
-        qid, landmarks, usage = (c.strip() for c in row)
-        if usage == "Ignored":
-            ignored.add(qid)
-            continue
-        if usage not in ("Public", "Private"):
-            raise SubmissionError(f"{path}:{line}: Usage must be one of {USAGES}, got {usage!r}")
+
+    def ground_truth(qid: str, landmarks: str, usage: str, line: int) -> list[int]:
         try:
-            gt = [int(p) for p in landmarks.split() if p != "None"]
+            return [int(p) for p in landmarks.split() if p != "None"]
         except ValueError as e:
             raise SubmissionError(f"{path}:{line}: {e}") from None
-        (public if usage == "Public" else private)[qid] = gt
-    if not public and not private:
-        raise SubmissionError(f"{path}: no Public or Private query")
-    return RecognitionSolution(public, private, ignored)
+
+    return RecognitionSolution(*_solution_rows(path, "landmarks", ground_truth))
 
 
 def score_recognition_submission(submission: str | os.PathLike,
