@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-_CKPT = flags.DEFINE_string("checkpoint", None, "Model checkpoint (lmr_jax.models.checkpoint).",
+_CKPT = flags.DEFINE_string("checkpoint", None, "Model checkpoint (lmr_jax.models.saved_model).",
                             required=True)
 _OUT = flags.DEFINE_string("out", None, "Artefact folder to write.", required=True)
 _SIZE = flags.DEFINE_integer("size", 384, "Input side in pixels (images are S x S).")
@@ -28,7 +28,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out fo
 
 def main(argv):
     del argv
-    from lmr_jax.models.checkpoint import load_model
+    from lmr_jax.models.saved_model import load_model
     from lmr_jax.serving.export import export_embedding
 
     model, _, meta = load_model(_CKPT.value, dtype=_DTYPE.value)

@@ -14,7 +14,7 @@ MAP = (REPO / "docs" / "architecture.md").read_text()
 
 # Layer of each top-level lmr_jax module or package (docs/architecture.md, section Layers).
 LAYERS = {"registry": 0, "models": 1, "data": 1, "convert": 2, "datasets": 2, "synthetic": 2,
-          "retrieval": 3, "train": 4, "doctor": 5}
+          "retrieval": 3, "train": 4, "doctor": 5, "serving": 5}
 OUTSIDE = ("scripts", "benchmarks", "tests")
 
 

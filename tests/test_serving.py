@@ -17,8 +17,8 @@ from jax.sharding import Mesh
 
 from lmr_jax import serving
 from lmr_jax.data.augment import EvalPreprocess, default_eval_preprocess_config
-from lmr_jax.models import create
-from lmr_jax.models.checkpoint import load_model, save_model
+from lmr_jax.models import ModelConfig, create
+from lmr_jax.models.saved_model import load_model, save_model
 from lmr_jax.retrieval.embedding import make_embed_fn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def checkpoint(tmp_path_factory):
         if isinstance(var, nnx.BatchStat):
             var[...] = jnp.asarray(rng.uniform(0.5, 1.5, var.shape), jnp.float32)
     path = str(tmp_path_factory.mktemp("serving") / "ckpt")
-    save_model(path, model, arch="resnet_tiny", model_kwargs=KWARGS)
+    save_model(path, model, config=ModelConfig(arch="resnet_tiny", **KWARGS))
     return path
 
 
