@@ -11,7 +11,8 @@ command line (``--config.stage1.base_lr=0.01``, ``--config.stages=3,4``). Its fi
   converted with ``scripts/convert_weights.py``); empty = random initialisation.
 * ``loss``: classification loss: ``name`` (:data:`lmr_jax.train.losses.LOSSES`) and a
   sub-dict of options per loss (``loss.<name>``); the scale and margin are per stage.
-* ``classifier``: the cosine classifier's ``num_subcenters``.
+* ``classifier``: ``name`` (``cosine``: a cosine classifier feeds the loss; ``none``: the loss
+  takes the model's output) and the cosine classifier's ``num_subcenters``.
 * ``optim``: SGD momentum, bias group and schedule factors (:mod:`lmr_jax.train.optim`).
 * ``precision``: ``auto`` (float32 on CPU, bfloat16 on GPU/TPU), ``float32``, ``bfloat16`` or
   ``float16`` (dynamic loss scaling, ``loss_scale``).
@@ -81,7 +82,8 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
     # The selected loss (lmr_jax.train.losses.LOSSES) and each loss's options; the logit
     # scale and the margin are per stage (stage<k>.logit_scale, stage<k>.margin).
     c.loss = ml_collections.ConfigDict({
-        "name": "arcface",           # arcface | cosface | subcenter_arcface | softmax
+        "name": "arcface",           # arcface | cosface | subcenter_arcface | softmax |
+                                     # arcmargin | npairs | linear_softmax
         "arcface": {"label_smoothing": 0.0},
         "cosface": {"label_smoothing": 0.0},
         "subcenter_arcface": {
@@ -90,8 +92,16 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
             "label_smoothing": 0.0,
         },
         "softmax": {"label_smoothing": 0.0},
+        # Baidu GLR2019 losses (scale and margin of arcmargin: the stage's).
+        "arcmargin": {"easy_margin": False},
+        "npairs": {"reg_lambda": 0.01},
+        "linear_softmax": {"label_smoothing": 0.0},
     })
     c.classifier = ml_collections.ConfigDict({
+        # cosine: a CosineClassifier between the model and the loss (arcface, cosface,
+        # subcenter_arcface, softmax, arcmargin); none: the loss takes the model's output
+        # (npairs: embeddings; linear_softmax: a classifier head's logits).
+        "name": "cosine",
         "num_subcenters": 1,         # classifier sub-centres (3 for sub-center ArcFace)
     })
     c.loss_scale = ml_collections.ConfigDict({"init": 2.0**16, "growth_interval": 2000})
