@@ -157,3 +157,26 @@ def reference_four_stages(c: ml_collections.ConfigDict, *, size_low: int, batch_
                 logit_scale=high_scale, margin=high_margin)
     c.stage3 = stage("full", "full", **high)
     c.stage4 = stage("all", "all", sampler="continent", **high)
+
+
+def baidu_config(head: str, loss: str) -> ml_collections.ConfigDict:
+    """The base of Baidu's GLR2019 ResNet-152-vd recipes (``configs/baidu/res152_*.py``).
+
+    Known from Baidu's metric-learning code (docs/baidu.md, Training): ResNet-152-vd at output
+    stride 32 (``last_stride`` 2), Momentum 0.9 SGD with L2 decay 1e-4 on every parameter
+    (Paddle has no separate bias learning rate: ``bias_lr_factor`` 1). Not published, and
+    chosen here: the image list (GLDv2 ``full``, in the configs), the augmentation (lmr_jax's
+    training augmentation) and the schedule (lmr_jax's warmup + cosine decay to 0 in place of
+    Baidu's piecewise steps, whose GLDv2 values are unknown).
+
+    Args:
+      head: ``baidu_embedding`` or a classifier head (``baidu_softmax_v1`` / ``_v2``).
+      loss: a registered loss (``arcmargin``, ``npairs``, ``linear_softmax``).
+    """
+    c = base_config("resnet152_vd")
+    c.model.last_stride = 2
+    c.model.head = head
+    c.loss.name = loss
+    c.optim.bias_lr_factor = 1.0
+    c.optim.min_lr_factor = 0.0
+    return c
