@@ -13,7 +13,8 @@ The preprocessing follows the checkpoint (its metadata, no flag to remember): Ba
 (heads ``baidu_*``) get Baidu's (lmr_jax.data.baidu_preprocess: retrieval short side 448, 555
 for Inception-v4, floored to multiples of 32, Lanczos; classification 224 with a centre crop),
 lmr_jax models lmr_jax's evaluation preprocessing at the size they were trained at
-(``image_size`` in the metadata; --size overrides either).
+(``image_size`` in the metadata of a trainer export; 384, the evaluation default, for a
+checkpoint without it). --size overrides either.
 """
 
 from __future__ import annotations
