@@ -1,4 +1,4 @@
-"""Converts a PyTorch or timm checkpoint into an lmr_jax model checkpoint (orbax).
+"""Converts a PyTorch, timm or Baidu Paddle checkpoint into an lmr_jax model checkpoint (orbax).
 
 Example:
   python scripts/convert_weights.py --arch se_resnet101_ibn_a \\
@@ -9,6 +9,15 @@ A whole model trained with the reference code takes --full-model (and may be che
 name, e.g. --format timm --arch resnest50d. Reads .pth/.pt/.bin (zip or legacy torch.save
 format, without PyTorch: only tensors and plain containers are accepted, nothing in the file
 runs) and .safetensors. See docs/conversion.md.
+
+A Baidu GLR2019 Paddle 1.x checkpoint (a release tar's unpacked directory, or a combined
+``params`` file) takes --format paddle and one of the Baidu backbones; the parameter layout and
+the head (512-d retrieval embedding, softmax_v1 or softmax_v2 classifier) are recognised from
+the files (docs/baidu.md):
+  python scripts/convert_weights.py --format paddle --arch resnet152_vd \
+      --checkpoint pretrained_models/res152_arcmargin --output weights/res152_arcmargin
+With --check-input, a retrieval model writes its raw 512-d embedding (before L2
+normalisation), a classifier its class probabilities.
 """
 
 from __future__ import annotations
@@ -21,23 +30,30 @@ from absl import app, flags
 
 from lmr_jax.convert.convert import convert_state_dict
 from lmr_jax.convert.mapping import CheckpointMismatchError
+from lmr_jax.convert.paddle import load_paddle_model
+from lmr_jax.convert.paddle_format import PaddleFormatError
+from lmr_jax.convert.paddle_names import ARCH_FAMILIES
 from lmr_jax.convert.pytorch_files import CheckpointFormatError, file_sha256, read_state_dict
 from lmr_jax.convert.timm_names import TIMM_MISMATCHES, TIMM_TO_LMR, TimmModelError, timm_arch
 from lmr_jax.models import list_models
 from lmr_jax.models.saved_model import save_model
 
-FORMATS = ("auto", "pytorch", "timm")
+FORMATS = ("auto", "pytorch", "timm", "paddle")
 
 _ARCH = flags.DEFINE_string(
     "arch", None, "lmr_jax model (" + ", ".join(list_models()) + "); with --format timm (or "
     "auto) also a timm model name: " + ", ".join(f"{t} -> {a}" for t, a in TIMM_TO_LMR.items()))
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, ".pth/.pt/.bin or .safetensors file")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, ".pth/.pt/.bin or .safetensors file; with --format paddle a directory "
+    "(one file per variable, or model + params) or a combined params file")
 _OUTPUT = flags.DEFINE_string("output", None, "directory of the model checkpoint to write")
 _FORMAT = flags.DEFINE_enum(
     "format", "auto", FORMATS,
     "key layout of the checkpoint: pytorch (the official releases and the reference code), "
     "timm (a timm model's state_dict; --arch may be its timm name), or auto (timm when --arch "
-    "is a timm name, else pytorch; timm-only key layouts are recognised and named either way)")
+    "is a timm name, else pytorch; timm-only key layouts are recognised and named either way), "
+    "or paddle (a Baidu GLR2019 Paddle 1.x directory or combined params file; --arch one of "
+    + ", ".join(sorted(ARCH_FAMILIES)) + ")")
 _FULL_MODEL = flags.DEFINE_boolean(
     "full-model", False, "the checkpoint is a whole model trained with the reference code "
     "(base.*, fcneck.weight, fcneck_bn.*, classifier.weight)")
@@ -93,12 +109,64 @@ def run_check(model, x_nchw: np.ndarray, full_model: bool) -> np.ndarray:
     return np.transpose(np.asarray(model.base(x)), (0, 3, 1, 2))
 
 
+def run_paddle_check(model, x_nchw: np.ndarray) -> np.ndarray:
+    """A Baidu model on an NCHW batch: (B, 512) raw embeddings or (B, C) probabilities."""
+    if x_nchw.ndim != 4 or x_nchw.shape[1] != 3:
+        raise ValueError(f"--check-input must be (B, 3, H, W), got shape {x_nchw.shape}")
+    x = np.transpose(x_nchw.astype(np.float32), (0, 2, 3, 1))
+    out = model.probabilities(x) if hasattr(model, "probabilities") else model(x)
+    return np.asarray(out)
+
+
+def convert_paddle() -> int:
+    """The --format paddle conversion; the exit status."""
+    checkpoint, output = _CHECKPOINT.value, _OUTPUT.value
+    if _ARCH.value not in ARCH_FAMILIES:
+        print(f"error: --format paddle takes --arch {', '.join(sorted(ARCH_FAMILIES))}, not "
+              f"{_ARCH.value!r}", file=sys.stderr)
+        return 2
+    if _FULL_MODEL.value or _ALLOW_MISSING.value:
+        print("error: --full-model and --allow-missing are for PyTorch checkpoints; a Paddle "
+              "checkpoint is always read whole and strictly", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_paddle_model(checkpoint, _ARCH.value)
+    except (FileNotFoundError, PaddleFormatError, CheckpointMismatchError, ValueError) as e:
+        print(f"error: {checkpoint}: {e}", file=sys.stderr)
+        return 1
+    metadata = {"source_checkpoint": os.path.abspath(checkpoint), "source_format": "paddle",
+                "paddle_layout": loaded.layout, "paddle_head": loaded.head,
+                "paddle_source": loaded.source, "skipped_training_state": loaded.skipped}
+    if os.path.isfile(checkpoint):
+        metadata["source_sha256"] = file_sha256(checkpoint)
+    save_model(output, loaded.model, config=loaded.config, metadata=metadata,
+               overwrite=_OVERWRITE.value)
+    what = (f"{loaded.config.num_classes}-class classifier ({loaded.head})"
+            if loaded.head != "retrieval" else f"{loaded.config.embed_dim}-d retrieval model")
+    print(f"converted {checkpoint} (Paddle {loaded.source}, {loaded.layout} names) -> {output}: "
+          f"{_ARCH.value} {what}")
+    if loaded.skipped:
+        print(f"  skipped training state: {len(loaded.skipped)} variables")
+    if _CHECK_INPUT.value:
+        try:
+            out = run_paddle_check(loaded.model, np.load(_CHECK_INPUT.value))
+        except (OSError, ValueError) as e:
+            print(f"error: the check on {_CHECK_INPUT.value} failed (the checkpoint was "
+                  f"written): {e}", file=sys.stderr)
+            return 1
+        np.save(_CHECK_OUTPUT.value, out)
+        print(f"  check output {out.shape} -> {_CHECK_OUTPUT.value}")
+    return 0
+
+
 def convert() -> int:
     """The conversion the parsed flags describe; the exit status."""
     checkpoint, output = _CHECKPOINT.value, _OUTPUT.value
     if os.path.exists(output) and not _OVERWRITE.value:
         print(f"error: {output} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
+    if _FORMAT.value == "paddle":
+        return convert_paddle()
     try:
         arch, timm_name = resolve_arch(_ARCH.value, _FORMAT.value)
     except (TimmModelError, ValueError) as e:

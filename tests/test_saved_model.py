@@ -58,7 +58,8 @@ def test_round_trip_restores_everything(trained, saved):
     loaded, loaded_cls, meta = load_model(saved)
     assert meta["arch"] == "resnet_tiny" and meta["stage"] == 2 and meta["source"] == "test"
     assert meta["model_kwargs"] == {"last_stride": 1, "head": "bn_neck", "embed_dim": 32,
-                                    "pooling": "gem", "gem_p": 2.5, "learnable_p": False}
+                                    "pooling": "gem", "gem_p": 2.5, "learnable_p": False,
+                                    "num_classes": 0}
     assert meta["format_version"] == 2
     assert meta["classifier"] == {"num_classes": 5, "num_subcenters": 2, "embed_dim": 32}
     want, got = _leaves(model), _leaves(loaded)

@@ -39,17 +39,16 @@ from lmr_jax.convert.paddle_names import (
     model_entries,
 )
 from lmr_jax.models import registry
-from lmr_jax.models.baidu_heads import (
-    SOFTMAX_V1_HIDDEN,
-    SOFTMAX_V2_HIDDEN,
-    BaiduClassifierModel,
-    BaiduRetrievalModel,
-)
+from lmr_jax.models.model_config import ModelConfig
 
 # Training-only variables a training persistables directory may also hold (glob patterns).
 TRAINING_ONLY = ("*_velocity_*", "weight_norm", "@LR_DECAY_COUNTER@", "learning_rate_*")
 EMBED_DIM = 512
 MODEL_HEADS = tuple(h for h in HEADS if h != "none")
+# The Paddle head kinds -> the registered lmr_jax heads (lmr_jax.models.baidu_heads).
+LMR_HEADS = {"retrieval": "baidu_embedding", "softmax_v1": "baidu_softmax_v1",
+             "softmax_v2": "baidu_softmax_v2"}
+BAIDU_LAST_STRIDE = 2  # Baidu's backbones keep stride 2 in their last stage
 
 
 @dataclasses.dataclass
@@ -63,6 +62,8 @@ class PaddleLoaded:
       head: ``retrieval``, ``softmax_v1`` or ``softmax_v2``.
       source: ``directory`` (one file per variable) or ``combined`` (a params file).
       skipped: training-only variables found and not loaded.
+      config: the model's schema (``models.create(config)`` rebuilds it; ``save_model``
+        records it).
     """
 
     model: nnx.Module
@@ -71,6 +72,7 @@ class PaddleLoaded:
     head: str
     source: str
     skipped: list[str]
+    config: ModelConfig
 
 
 def is_training_only(name: str) -> bool:
@@ -163,16 +165,19 @@ def _family(arch: str) -> tuple[str, dict[str, Any]]:
     return ARCH_FAMILIES[arch]
 
 
+def model_config(arch: str, head: str, num_classes: int) -> ModelConfig:
+    """The ModelConfig of a Baidu model: ``arch`` at last stride 2 with the head of the
+    Paddle head kind ``head`` (``retrieval``: 512-d embedding; ``softmax_v*``: C classes)."""
+    if head == "retrieval":
+        return ModelConfig(arch=arch, last_stride=BAIDU_LAST_STRIDE, head=LMR_HEADS[head],
+                           embed_dim=EMBED_DIM)
+    return ModelConfig(arch=arch, last_stride=BAIDU_LAST_STRIDE, head=LMR_HEADS[head],
+                       num_classes=num_classes)
+
+
 def _build(arch: str, head: str, num_classes: int, dtype: Any) -> Callable[[], nnx.Module]:
-    def build() -> nnx.Module:
-        backbone = registry.create_backbone(arch, last_stride=2, dtype=dtype, rngs=nnx.Rngs(0))
-        if head == "retrieval":
-            return BaiduRetrievalModel(backbone, embed_dim=EMBED_DIM, dtype=dtype,
-                                       rngs=nnx.Rngs(0))
-        hidden = SOFTMAX_V1_HIDDEN if head == "softmax_v1" else SOFTMAX_V2_HIDDEN
-        return BaiduClassifierModel(backbone, num_classes, hidden=hidden, dtype=dtype,
-                                    rngs=nnx.Rngs(0))
-    return build
+    config = model_config(arch, head, num_classes)
+    return lambda: registry.create(config, dtype=dtype, rngs=nnx.Rngs(0))
 
 
 def _entries(abstract: nnx.Module, arch: str, layout: str, head: str) -> list[PaddleEntry]:
@@ -303,4 +308,5 @@ def load_paddle_model(path: str, arch: str, *, head: str | None = None,
     model = registry.zero_initialised(_build(arch, head, num_classes, dtype))
     skipped = load_paddle_state(model, arrays, entries, context)
     model.eval()
-    return PaddleLoaded(model, arch, layout, head, source, skipped)
+    return PaddleLoaded(model, arch, layout, head, source, skipped,
+                        model_config(arch, head, num_classes))

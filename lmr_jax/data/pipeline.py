@@ -66,9 +66,9 @@ def default_train_config(size: int = 384) -> ml_collections.ConfigDict:
     """Training-pipeline settings (reference values for stage 1); embed in trainer configs.
 
     Fields: global_batch_size (over all processes), seed (sampler and augmentation),
-    sampler.name (a registered sampler: ``softmax``, ``pk``, ``continent``) and each sampler's
-    options in ``sampler.<name>`` (num_instances for pk, continent_shares and clean_fraction for
-    continent; :data:`lmr_jax.data.samplers.SAMPLERS`), augment (see
+    sampler.name (a registered sampler: ``softmax``, ``pk``, ``pairs``, ``continent``) and each
+    sampler's options in ``sampler.<name>`` (num_instances for pk, continent_shares and
+    clean_fraction for continent; :data:`lmr_jax.data.samplers.SAMPLERS`), augment (see
     :func:`lmr_jax.data.augment.default_augment_config`), num_workers (grain worker processes;
     0 = decode in this process), read_threads (threads per process, each builds whole batches),
     worker_buffer_size (batches buffered per worker).

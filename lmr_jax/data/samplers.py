@@ -23,6 +23,9 @@ sub-dict in :func:`lmr_jax.data.pipeline.default_train_config`:
   so that no identity appears twice in one batch. An identity with >= K images gives K distinct
   images (a uniformly random K-subset), one with fewer gives K draws with replacement. The epoch
   holds ``len(eligible) // batch_size`` batches.
+* ``pairs``: P x 2 batches of (anchor, positive) pairs for the N-pairs loss: each batch holds
+  P = batch_size / 2 distinct identities, two images each, at consecutive positions (rows 2i,
+  2i + 1). It is ``pk`` with K = 2: an identity with a single image gives it twice.
 * ``continent``: continent-aware sampling (docs/reference.md, Samplers): ``len(eligible)`` draws with
   replacement; continent c gets ``share_c / sum(shares of continents present)`` of them
   (continents absent from the list are dropped and the shares renormalised; counts are rounded
@@ -156,6 +159,19 @@ class PKSampler(Sampler):
         replaced = np.floor(rng.random((needed, k)) * counts[:, None]).astype(np.int64)
         pos = np.where((counts >= k)[:, None], distinct, replaced)
         return shuffled[starts[:, None] + pos].reshape(-1)
+
+
+@SAMPLERS.register("pairs")
+class PairSampler(PKSampler):
+    """P x 2 (anchor, positive) batches: :class:`PKSampler` with K = 2 (module docstring)."""
+
+    def __init__(self, image_list: Any, *, batch_size: int, seed: int,
+                 exclude_rows: np.ndarray | None = None):
+        if int(batch_size) % 2:
+            raise ValueError(f"pairs sampler: batch size {batch_size} must be even "
+                             "((anchor, positive) pairs)")
+        super().__init__(image_list, batch_size=batch_size, seed=seed, exclude_rows=exclude_rows,
+                         num_instances=2)
 
 
 @SAMPLERS.register("continent")

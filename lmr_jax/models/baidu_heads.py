@@ -9,6 +9,10 @@
   gives logits, ``probabilities`` the softmax the released graph outputs.
 
 Linear kernels are (in, out), the layout Paddle stores fc weights in.
+
+Registered heads (:data:`lmr_jax.models.heads.HEADS`, chosen by ``ModelConfig.head``):
+``baidu_embedding`` (takes ``embed_dim``), ``baidu_softmax_v1`` and ``baidu_softmax_v2`` (take
+``num_classes``). Baidu built its backbones with ``last_stride=2``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lmr_jax.models import layers
-from lmr_jax.models.heads import l2_normalize
+from lmr_jax.models.heads import HEADS, l2_normalize
 
 Array = jax.Array
 DType = Any
@@ -92,3 +96,32 @@ class BaiduClassifierModel(nnx.Module):
     def probabilities(self, x: Array) -> Array:
         """(B, H, W, 3) -> (B, num_classes) float32 softmax probabilities."""
         return jax.nn.softmax(self(x), axis=-1)
+
+
+@HEADS.register("baidu_embedding")
+def baidu_embedding(backbone: nnx.Module, *, embed_dim: int = 512, dtype: DType = jnp.float32,
+                    rngs: nnx.Rngs) -> BaiduRetrievalModel:
+    """The Baidu retrieval head: global average pool -> Linear with bias to ``embed_dim``."""
+    return BaiduRetrievalModel(backbone, embed_dim=embed_dim, dtype=dtype, rngs=rngs)
+
+
+def _classifier(head: str, backbone: nnx.Module, num_classes: int, hidden: Sequence[int],
+                dtype: DType, rngs: nnx.Rngs) -> BaiduClassifierModel:
+    if num_classes < 1:
+        raise ValueError(f"head {head!r} needs the model setting num_classes (the class count "
+                         f"C, >= 1), got {num_classes}")
+    return BaiduClassifierModel(backbone, num_classes, hidden=hidden, dtype=dtype, rngs=rngs)
+
+
+@HEADS.register("baidu_softmax_v1")
+def baidu_softmax_v1(backbone: nnx.Module, *, num_classes: int = 0, dtype: DType = jnp.float32,
+                     rngs: nnx.Rngs) -> BaiduClassifierModel:
+    """res152_softmax_v1: global average pool -> Linear to 256 -> Linear to ``num_classes``."""
+    return _classifier("baidu_softmax_v1", backbone, num_classes, SOFTMAX_V1_HIDDEN, dtype, rngs)
+
+
+@HEADS.register("baidu_softmax_v2")
+def baidu_softmax_v2(backbone: nnx.Module, *, num_classes: int = 0, dtype: DType = jnp.float32,
+                     rngs: nnx.Rngs) -> BaiduClassifierModel:
+    """res152_softmax_v2: global average pool -> Linear to ``num_classes``."""
+    return _classifier("baidu_softmax_v2", backbone, num_classes, SOFTMAX_V2_HIDDEN, dtype, rngs)

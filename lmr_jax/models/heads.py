@@ -28,8 +28,8 @@ POOLINGS: Registry[Callable[..., nnx.Module]] = Registry("pooling")
 # Heads by name: ``head(backbone, *, <settings it names>, dtype, rngs)`` -> the whole retrieval
 # model (backbone + head; (B, H, W, 3) -> (B, embed_dim)). The settings come from
 # :class:`lmr_jax.models.model_config.ModelConfig`; a new head is one registered class here or
-# in a module of ``lmr_jax.models``, plus its new settings (if any) in ModelConfig.
-HEADS: Registry[Callable[..., nnx.Module]] = Registry("head")
+# in a module of ``lmr_jax.models`` listed here, plus its new settings (if any) in ModelConfig.
+HEADS: Registry[Callable[..., nnx.Module]] = Registry("head", ("lmr_jax.models.baidu_heads",))
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:

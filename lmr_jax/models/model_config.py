@@ -25,6 +25,8 @@ class ModelConfig:
       embed_dim: embedding size (512 in the reference).
       pooling: the head's global pooling (:data:`lmr_jax.models.heads.POOLINGS`).
       gem_p: the GeM exponent; ``learnable_p`` makes it a trained parameter.
+      num_classes: class count C of a classifier head (``baidu_softmax_v1`` / ``_v2``: the
+        model outputs (B, C) logits); 0 for the embedding heads, which do not take it.
 
     The fields after ``head`` are head settings: a head takes those it names, and a setting
     its head does not take must keep its default (:func:`lmr_jax.models.create` checks).
@@ -37,6 +39,7 @@ class ModelConfig:
     pooling: str = "gem"
     gem_p: float = 3.0
     learnable_p: bool = False
+    num_classes: int = 0
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -57,7 +57,7 @@ def create(model: str | ModelConfig, *, dtype: Any = jnp.float32,
       dtype: computation dtype (parameters stay float32).
       rngs: parameter initialisation RNG.
       **settings: ModelConfig fields (``last_stride``, ``head``, ``embed_dim``, ``pooling``,
-        ``gem_p``, ``learnable_p``) overriding those of ``model``.
+        ``gem_p``, ``learnable_p``, ``num_classes``) overriding those of ``model``.
     Returns:
       The head's model (``lmr_jax.models.heads.RetrievalModel`` for ``bn_neck``):
       (B, H, W, 3) -> (B, embed_dim) embeddings (not L2-normalised).

@@ -11,7 +11,8 @@ command line (``--config.stage1.base_lr=0.01``, ``--config.stages=3,4``). Its fi
   converted with ``scripts/convert_weights.py``); empty = random initialisation.
 * ``loss``: classification loss: ``name`` (:data:`lmr_jax.train.losses.LOSSES`) and a
   sub-dict of options per loss (``loss.<name>``); the scale and margin are per stage.
-* ``classifier``: the cosine classifier's ``num_subcenters``.
+* ``classifier``: ``name`` (``cosine``: a cosine classifier feeds the loss; ``none``: the loss
+  takes the model's output) and the cosine classifier's ``num_subcenters``.
 * ``optim``: SGD momentum, bias group and schedule factors (:mod:`lmr_jax.train.optim`).
 * ``precision``: ``auto`` (float32 on CPU, bfloat16 on GPU/TPU), ``float32``, ``bfloat16`` or
   ``float16`` (dynamic loss scaling, ``loss_scale``).
@@ -81,7 +82,8 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
     # The selected loss (lmr_jax.train.losses.LOSSES) and each loss's options; the logit
     # scale and the margin are per stage (stage<k>.logit_scale, stage<k>.margin).
     c.loss = ml_collections.ConfigDict({
-        "name": "arcface",           # arcface | cosface | subcenter_arcface | softmax
+        "name": "arcface",           # arcface | cosface | subcenter_arcface | softmax |
+                                     # arcmargin | npairs | linear_softmax
         "arcface": {"label_smoothing": 0.0},
         "cosface": {"label_smoothing": 0.0},
         "subcenter_arcface": {
@@ -90,8 +92,16 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
             "label_smoothing": 0.0,
         },
         "softmax": {"label_smoothing": 0.0},
+        # Baidu GLR2019 losses (scale and margin of arcmargin: the stage's).
+        "arcmargin": {"easy_margin": False},
+        "npairs": {"reg_lambda": 0.01},
+        "linear_softmax": {"label_smoothing": 0.0},
     })
     c.classifier = ml_collections.ConfigDict({
+        # cosine: a CosineClassifier between the model and the loss (arcface, cosface,
+        # subcenter_arcface, softmax, arcmargin); none: the loss takes the model's output
+        # (npairs: embeddings; linear_softmax: a classifier head's logits).
+        "name": "cosine",
         "num_subcenters": 1,         # classifier sub-centres (3 for sub-center ArcFace)
     })
     c.loss_scale = ml_collections.ConfigDict({"init": 2.0**16, "growth_interval": 2000})
@@ -147,3 +157,26 @@ def reference_four_stages(c: ml_collections.ConfigDict, *, size_low: int, batch_
                 logit_scale=high_scale, margin=high_margin)
     c.stage3 = stage("full", "full", **high)
     c.stage4 = stage("all", "all", sampler="continent", **high)
+
+
+def baidu_config(head: str, loss: str) -> ml_collections.ConfigDict:
+    """The base of Baidu's GLR2019 ResNet-152-vd recipes (``configs/baidu/res152_*.py``).
+
+    Known from Baidu's metric-learning code (docs/baidu.md, Training): ResNet-152-vd at output
+    stride 32 (``last_stride`` 2), Momentum 0.9 SGD with L2 decay 1e-4 on every parameter
+    (Paddle has no separate bias learning rate: ``bias_lr_factor`` 1). Not published, and
+    chosen here: the image list (GLDv2 ``full``, in the configs), the augmentation (lmr_jax's
+    training augmentation) and the schedule (lmr_jax's warmup + cosine decay to 0 in place of
+    Baidu's piecewise steps, whose GLDv2 values are unknown).
+
+    Args:
+      head: ``baidu_embedding`` or a classifier head (``baidu_softmax_v1`` / ``_v2``).
+      loss: a registered loss (``arcmargin``, ``npairs``, ``linear_softmax``).
+    """
+    c = base_config("resnet152_vd")
+    c.model.last_stride = 2
+    c.model.head = head
+    c.loss.name = loss
+    c.optim.bias_lr_factor = 1.0
+    c.optim.min_lr_factor = 0.0
+    return c

@@ -1,5 +1,7 @@
 """Classification losses on cosine similarities: ArcFace, CosFace, sub-center ArcFace with
-dynamic margins, and plain (normalised) softmax, with optional label smoothing.
+dynamic margins, and plain (normalised) softmax, with optional label smoothing; and the losses
+of Baidu's GLR2019 models: ArcMargin (on cosines), N-pairs (on embeddings) and a linear softmax
+(on logits).
 
 Every loss takes the classifier output ``cosine`` (B, C), the cosine similarity between the
 L2-normalised embedding and each L2-normalised class weight (already maximised over
@@ -19,6 +21,11 @@ Notes on the reference (``loss/metric_learning.py: Arcface`` of the GLR2021 2nd-
   * Sub-center ArcFace with dynamic margins (the GLR2021 winner's loss): per-class margin
     ``m_c = m_min + m_range * (f_c - min f) / (max f - min f)`` with ``f_c = n_c ** -0.25``,
     ``n_c`` the number of training images of class c (rarer classes get larger margins).
+
+The Baidu losses (docs/baidu.md, Training) do not all take cosines: ``arcmargin`` does (the
+trainer's ``CosineClassifier``, ``classifier.name = "cosine"``); ``npairs`` takes the
+embeddings themselves and ``linear_softmax`` the logits of a classifier head
+(``baidu_softmax_v1`` / ``_v2``), both with ``classifier.name = "none"``.
 """
 
 from __future__ import annotations
@@ -209,3 +216,83 @@ def subcenter_arcface(*, class_counts: np.ndarray | None = None, scale: float = 
 def softmax(*, scale: float = 30.0, label_smoothing: float = 0.0) -> LossFn:
     """Normalised softmax: cross-entropy on ``scale * cosine``, no margin."""
     return _cross_entropy_loss(lambda c, y: scale * c.astype(jnp.float32), label_smoothing)
+
+
+def arcmargin_logits(cosine: Array, labels: Array, *, scale: float, margin: float,
+                     easy_margin: bool = False) -> Array:
+    """Baidu's ArcMargin logits ``s * (onehot * phi + (1 - onehot) * cosine)``.
+
+    ``phi = cos * cos m - sin * sin m`` with ``sin = sqrt(1 - cos^2 + 1e-6)`` (Baidu's epsilon,
+    which also keeps the gradient finite at |cos| = 1). Not easy margin: ``phi`` where
+    ``cos > cos(pi - m)``, else ``cos - m sin(pi - m)``; easy margin: ``phi`` where ``cos > 0``,
+    else ``cos``.
+
+    Args:
+      cosine: (B, C) cosines between normalised embeddings and normalised class weights.
+      labels: (B,) labels (negative rows get no margin).
+    """
+    valid, safe, target = _target_cosine(cosine, labels)
+    target = target.astype(jnp.float32)
+    sine = jnp.sqrt(1.0 - target * target + 1e-6)
+    phi = target * math.cos(margin) - sine * math.sin(margin)
+    if easy_margin:
+        phi = jnp.where(target > 0, phi, target)
+    else:
+        phi = jnp.where(target > math.cos(math.pi - margin), phi,
+                        target - margin * math.sin(math.pi - margin))
+    return scale * _replace_target(cosine.astype(jnp.float32), jnp.where(valid, safe, -1), phi)
+
+
+@LOSSES.register("arcmargin")
+def arcmargin(*, scale: float = 80.0, margin: float = 0.15, easy_margin: bool = False) -> LossFn:
+    """Baidu's ArcMargin: cross-entropy on :func:`arcmargin_logits` (defaults s 80, m 0.15)."""
+    return _cross_entropy_loss(
+        lambda c, y: arcmargin_logits(c, y, scale=scale, margin=float(margin),
+                                      easy_margin=easy_margin), 0.0)
+
+
+def npairs_sums(embeddings: Array, labels: Array, *, reg_lambda: float = 0.01) -> LossOutput:
+    """Baidu's N-pairs loss on a batch of consecutive (anchor, positive) pairs, as sums.
+
+    Args:
+      embeddings: (B, D) raw embeddings (no normalisation), B even; rows 2i and 2i + 1 are the
+        anchor and the positive of pair i (the ``pairs`` sampler's order).
+      labels: (B,) int labels (>= 0; the pair sampler draws no others).
+      reg_lambda: lambda of the embedding-norm penalty.
+
+    Returns:
+      Sums over the B rows whose mean is Baidu's loss: ``mean_i CE_i + 0.5 * lambda *
+      mean_b ||f_b||^2``, with ``CE_i = -sum_j t_ij log softmax_j(a_i . p_j)`` and
+      ``t_ij = 1`` where anchor i and positive j share a label (rows are not renormalised
+      when a class appears in two pairs). ``correct``: 2 per pair whose best-scoring
+      positive has the anchor's label.
+    """
+    b, d = embeddings.shape
+    if b % 2:
+        raise ValueError(f"npairs: the batch must hold (anchor, positive) pairs, got {b} rows")
+    f = embeddings.astype(jnp.float32)
+    pairs = f.reshape(b // 2, 2, d)
+    anchors, positives = pairs[:, 0], pairs[:, 1]
+    pair_labels = labels.reshape(b // 2, 2)
+    logits = jnp.dot(anchors, positives.T, precision=jax.lax.Precision.HIGHEST)
+    target = (pair_labels[:, 0][:, None] == pair_labels[:, 1][None, :]).astype(jnp.float32)
+    ce = -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1)      # (B/2,)
+    reg = 0.5 * reg_lambda * jnp.mean(jnp.sum(f * f, axis=-1))
+    loss = jnp.mean(ce) + reg
+    best = jnp.argmax(logits, axis=-1)
+    hit = (pair_labels[best, 1] == pair_labels[:, 0]).astype(jnp.float32)
+    count = jnp.asarray(b, jnp.float32)
+    return LossOutput(loss * count, 2.0 * jnp.sum(hit), count)
+
+
+@LOSSES.register("npairs")
+def npairs(*, reg_lambda: float = 0.01) -> LossFn:
+    """Baidu's N-pairs loss (:func:`npairs_sums`) on embeddings; lambda 0.01 as Baidu's."""
+    return lambda embeddings, labels: npairs_sums(embeddings, labels, reg_lambda=reg_lambda)
+
+
+@LOSSES.register("linear_softmax")
+def linear_softmax(*, label_smoothing: float = 0.0) -> LossFn:
+    """Softmax cross-entropy on the logits of a linear classifier with bias (Baidu's
+    res152_softmax models: the model's head is the classifier, ``baidu_softmax_v1`` / ``_v2``)."""
+    return lambda logits, labels: cross_entropy_sums(logits, logits, labels, label_smoothing)

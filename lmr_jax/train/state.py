@@ -26,14 +26,17 @@ class TrainModule(nnx.Module):
 
     ``model(x)`` maps (B, H, W, 3) images to (B, D) embeddings; ``classifier(emb)`` maps them to
     (B, C) cosine similarities. Parameter paths start with ``model/`` or ``classifier/``.
+    Without a classifier (None) the loss takes the model's output itself (N-pairs on
+    embeddings, a linear softmax on a classifier head's logits).
     """
 
-    def __init__(self, model: nnx.Module, classifier: nnx.Module):
+    def __init__(self, model: nnx.Module, classifier: nnx.Module | None):
         self.model = model
         self.classifier = classifier
 
     def __call__(self, x: Array) -> Array:
-        return self.classifier(self.model(x))
+        out = self.model(x)
+        return out if self.classifier is None else self.classifier(out)
 
 
 @struct.dataclass

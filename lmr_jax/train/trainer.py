@@ -47,6 +47,8 @@ from lmr_jax.train.step import make_train_step
 from lmr_jax.train.train_checkpoints import Checkpointer
 
 MAX_STAGES = 9
+# config.classifier.name: what sits between the model and the loss (see lmr_jax.train.config).
+CLASSIFIERS = ("cosine", "none")
 # Logged steps are numbered stage * STAGE_STEP_OFFSET + step, increasing over the stages.
 STAGE_STEP_OFFSET = 10_000_000
 
@@ -157,9 +159,18 @@ def image_root(config: ml_collections.ConfigDict) -> str:
     return config.data.images or os.path.join(config.data.dir, "store")
 
 
-def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
-    """The model architecture of a training config (its ``model`` sub-dict)."""
-    return models.ModelConfig.from_dict(config.model.to_dict(), where="config.model")
+def model_config(config: ml_collections.ConfigDict,
+                 num_classes: int | None = None) -> models.ModelConfig:
+    """The model architecture of a training config (its ``model`` sub-dict).
+
+    A classifier head (one that takes ``num_classes``) left at ``num_classes`` 0 gets the
+    stage list's ``num_classes``.
+    """
+    mc = models.ModelConfig.from_dict(config.model.to_dict(), where="config.model")
+    if (num_classes is not None and mc.num_classes == 0
+            and "num_classes" in heads.HEADS.accepted_kwargs(mc.head)):
+        mc = dataclasses.replace(mc, num_classes=int(num_classes))
+    return mc
 
 
 def pipeline_config(config: ml_collections.ConfigDict, sc: ml_collections.ConfigDict,
@@ -175,11 +186,12 @@ def pipeline_config(config: ml_collections.ConfigDict, sc: ml_collections.Config
     return pcfg
 
 
-def _load_init(path: str, config: ml_collections.ConfigDict, compute_dtype: Any):
+def _load_init(path: str, config: ml_collections.ConfigDict, compute_dtype: Any,
+               num_classes: int | None = None):
     """(model, classifier or None, meta) of a model checkpoint, checked against the config."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: model checkpoint not found")
-    want = model_config(config)
+    want = model_config(config, num_classes)
     model, classifier, meta = saved_model.load_model(path, dtype=compute_dtype, arch=want.arch)
     saved = saved_model.model_config_of(meta, where=path).to_dict()
     diff = {k: (v, want.to_dict()[k]) for k, v in saved.items() if v != want.to_dict()[k]}
@@ -212,14 +224,18 @@ def build_module(config: ml_collections.ConfigDict, k: int, num_classes: int,
     seed = stage_seed(config, k)
     cls_cfg = dict(num_subcenters=config.classifier.num_subcenters, dtype=jnp.float32)
     if src:
-        model, old_cls, _ = _load_init(src, config, compute_dtype)
+        model, old_cls, _ = _load_init(src, config, compute_dtype, num_classes)
         how = f"from {src}"
     else:
-        model = models.create(model_config(config), dtype=compute_dtype, rngs=nnx.Rngs(seed))
+        model = models.create(model_config(config, num_classes), dtype=compute_dtype,
+                              rngs=nnx.Rngs(seed))
         old_cls, how = None, "from random initialisation"
-    classifier = heads.CosineClassifier(config.model.embed_dim, num_classes,
-                                        rngs=nnx.Rngs(seed + 1), **cls_cfg)
-    if old_cls is not None:
+    if config.classifier.name not in CLASSIFIERS:
+        raise ValueError(f"config.classifier.name {config.classifier.name!r}: expected one of "
+                         f"{CLASSIFIERS}")
+    classifier = (None if config.classifier.name == "none" else heads.CosineClassifier(
+        config.model.embed_dim, num_classes, rngs=nnx.Rngs(seed + 1), **cls_cfg))
+    if old_cls is not None and classifier is not None:
         if old_cls.num_subcenters != config.classifier.num_subcenters:
             raise ValueError(f"{src}: classifier has {old_cls.num_subcenters} sub-centres, "
                              f"config.classifier.num_subcenters is "
@@ -443,7 +459,8 @@ class _StageRun:
         meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
                 "image_size": self.sc.image_size, "config_hash": config_hash(self.config)}
         saved_model.save_model(path, module.model, module.classifier,
-                               config=model_config(self.config), metadata=meta, overwrite=True)
+                               config=model_config(self.config, num_classes), metadata=meta,
+                               overwrite=True)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
