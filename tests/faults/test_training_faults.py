@@ -1,0 +1,206 @@
+"""Training faults, in-process on a tiny dataset: bad images (direct-file mode), config drift,
+damaged checkpoints and metrics.jsonl after a resume.
+
+Each case is an interrupted or changed run followed by a re-run; what must hold afterwards: the
+bad images are skipped and listed once, the run stops past the cap, a changed result setting is
+an error naming the key, a damaged newest checkpoint is named and the previous one used, and the
+re-run ends with the same parameters as an uninterrupted run.
+"""
+
+import csv
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from lmr_jax.data.lists import ImageList
+from lmr_jax.models import saved_model
+from lmr_jax.train import trainer
+from lmr_jax.train.config import base_config, stage
+from tests.faults import bad_files
+
+N_CLASSES, PER_CLASS, BATCH = 4, 8, 8      # 32 images, 4 steps per epoch
+BAD = {3: "zero_byte", 17: "html_as_jpg", 26: "truncated_jpeg"}  # list row -> kind
+
+
+def make_data(root, bad=BAD):
+    """A direct-file dataset (list with absolute paths); rows in ``bad`` hold bad files."""
+    os.makedirs(root / "lists", exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids, labels, paths = [], [], []
+    for row in range(N_CLASSES * PER_CLASS):
+        c = row // PER_CLASS
+        iid = f"{row:016x}"
+        path = root / f"{iid}.jpg"
+        if row in bad:
+            path.write_bytes(bad_files.make(bad[row]))
+        else:
+            img = np.full((24, 24, 3), 40 * c, np.uint8) + rng.integers(0, 30, (24, 24, 3),
+                                                                           dtype=np.uint8)
+            Image.fromarray(img).save(path, quality=90)
+        ids.append(iid)
+        labels.append(c)
+        paths.append(str(path))
+    n = len(ids)
+    ImageList(ids=np.array(ids), labels=np.array(labels), noisy=np.zeros(n, bool),
+              countries=np.full(n, "FR"), continents=np.full(n, "Europe"),
+              num_classes=N_CLASSES, name="clean", paths=np.array(paths)).save(
+        root / "lists" / "clean.npz")
+    return root
+
+
+def tiny_config(data_dir, **overrides):
+    c = base_config("resnet_tiny")
+    c.precision = "float32"
+    c.data.dir = str(data_dir)
+    c.data.images = "/"
+    c.data.train.num_workers = 0
+    c.data.train.read_threads = 1
+    c.data.train.max_bad_fraction = 0.2  # at most 6 of 48 samples are bad
+    c.model.embed_dim = 16
+    c.stage1 = stage("clean", "clean", image_size=16, epochs=1.5, base_lr=0.05,
+                     batch_size=BATCH, warmup_epochs=0, weight_decay=5e-4)
+    c.checkpoint.every_steps = 2
+    c.checkpoint.max_to_keep = 3
+    c.checkpoint.async_save = False
+    c.log.every_steps = 1
+    c.log.tensorboard = False
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def params(workdir):
+    model, classifier, _ = saved_model.load_model(os.path.join(workdir, "stage1", "export"))
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]
+    out = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+    out["classifier"] = np.asarray(classifier.weight[...])
+    return out
+
+
+def bad_rows(workdir):
+    with open(workdir / "bad_images.tsv") as f:
+        return [(int(r["step"]), int(r["row"]), r["reason"])
+                for r in csv.DictReader(f, delimiter="\t")]
+
+
+def metric_steps(workdir):
+    return [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")
+            if "loss" in json.loads(line)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("faults_train") / "data")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    trainer.train(tiny_config(data), str(workdir))
+    return workdir, params(workdir), bad_rows(workdir)
+
+
+def test_bad_images_are_skipped_counted_and_listed(uninterrupted):
+    workdir, _, listed = uninterrupted
+    # 6 steps x 8 = 48 samples of 32 rows: every bad row is drawn once or twice
+    assert {row for _, row, _ in listed} == set(BAD)
+    assert all(reason for _, _, reason in listed)
+    assert any("empty" in reason for _, row, reason in listed if row == 3)
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    counts = [r["bad_images"] for r in records if "loss" in r]
+    assert counts == sorted(counts) and counts[-1] == len(listed)
+
+
+def test_too_many_bad_images_stop_with_a_clear_error(data, tmp_path):
+    config = tiny_config(data)
+    config.data.train.max_bad_fraction = 0.02  # 0.96 of 48 samples: the first bad one stops
+    with pytest.raises(trainer.TooManyBadImages, match="max_bad_fraction=0.02.*bad_images.tsv"):
+        trainer.train(config, str(tmp_path))
+    assert bad_rows(tmp_path)  # listed before stopping
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL in-process (BaseException: nothing in the trainer catches it)."""
+
+
+def test_resume_after_interruption_keeps_batches_and_logs_each_step_once(data, uninterrupted,
+                                                                         tmp_path, monkeypatch):
+    """Stop the run before step 5 (after its step-4 checkpoint), leave behind what a killed run
+    would have written after it, resume: the same parameters, the same skipped rows once, and
+    every step once in metrics.jsonl."""
+    ref_dir, ref_params, ref_bad = uninterrupted
+    count_bad = trainer._StageRun._count_bad
+
+    def killed_at_step_5(self, batch, step, total):
+        if step == 5:
+            raise _Killed
+        count_bad(self, batch, step, total)
+
+    monkeypatch.setattr(trainer._StageRun, "_count_bad", killed_at_step_5)
+    with pytest.raises(_Killed):
+        trainer.train(tiny_config(data), str(tmp_path))
+    monkeypatch.undo()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"global_step": trainer.global_step(1, 5), "stage": 1, "step": 5,
+                            "loss": 9.0}) + "\n" + '{"global_step": 1000')
+    with open(tmp_path / "bad_images.tsv", "a") as f:
+        f.write("1\t5\t3\tbogus\tleft by a killed run\n")
+    out = trainer.train(tiny_config(data), str(tmp_path))
+    assert out[0].resumed_from == 4
+    got = params(tmp_path)
+    for k, v in ref_params.items():
+        assert np.array_equal(got[k], v), k
+    assert bad_rows(tmp_path) == ref_bad
+    # each step once (the resumed run's first step compiles and is not logged, as in any run)
+    steps = metric_steps(tmp_path)
+    assert steps == sorted(set(steps)) and set(steps) == set(metric_steps(ref_dir)) - {5}
+    assert all(json.loads(line).get("loss") != 9.0 for line in open(tmp_path / "metrics.jsonl"))
+
+
+def test_changed_result_setting_is_an_error_naming_the_key(data, uninterrupted, tmp_path):
+    ref_dir, _, _ = uninterrupted
+    work = tmp_path / "w"
+    shutil.copytree(ref_dir, work)
+    # a finished stage whose settings changed: an error, not a silent skip
+    with pytest.raises(trainer.ConfigChanged, match=r"stage1\.base_lr: 0\.05 -> 0\.01"):
+        trainer.train(tiny_config(data, stage1=stage(
+            "clean", "clean", image_size=16, epochs=1.5, base_lr=0.01, batch_size=BATCH,
+            warmup_epochs=0, weight_decay=5e-4)), str(work))
+    # operational keys may change
+    config = tiny_config(data)
+    config.log.every_steps = 3
+    config.checkpoint.every_steps = 1
+    config.data.train.read_threads = 2
+    assert trainer.train(config, str(work)) == []
+    # resuming mid-stage with another seed: an error too, with the override it continues
+    shutil.rmtree(work / "stage1" / "export")
+    with pytest.raises(trainer.ConfigChanged, match=r"seed: 0 -> 1"):
+        trainer.train(tiny_config(data, seed=1), str(work))
+    out = trainer.train(tiny_config(data, seed=1), str(work), allow_config_change=True)
+    assert out[0].resumed_from == 6
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble_meta"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(data, uninterrupted, tmp_path,
+                                                              damage, capsys):
+    ref_dir, ref_params, _ = uninterrupted
+    work = tmp_path / "w"
+    shutil.copytree(ref_dir, work)
+    shutil.rmtree(work / "stage1" / "export")
+    ckpts = work / "stage1" / "checkpoints"
+    assert sorted(os.listdir(ckpts), key=int) == ["2", "4", "6"]
+    bad_files.damage_checkpoint(ckpts / "6", damage)
+    out = trainer.train(tiny_config(data), str(work))
+    printed = capsys.readouterr().out + capsys.readouterr().err
+    assert f"{ckpts}/6 cannot be restored" in printed
+    assert out[0].resumed_from == 4
+    assert (work / "stage1" / "damaged_checkpoints" / "6").is_dir()
+    got = params(work)
+    for k, v in ref_params.items():
+        assert np.array_equal(got[k], v), k
