@@ -18,7 +18,11 @@ in 4.11 and builds it by default from 4.12; with older OpenCV (any the reference
 reference never trained on one. lmr-jax decodes GIFs as the pinned OpenCV does rather than
 dropping them. Bytes that OpenCV cannot
 decode (empty, not an image, truncated JPEG / PNG, unsupported format) raise
-:class:`ImageDecodeError` naming the list row, never a substitute image.
+:class:`ImageDecodeError` naming the list row, never a substitute image. A header claiming more
+than :data:`MAX_DECODE_PIXELS` pixels (a decompression bomb: a 70-byte PNG can announce
+100000 x 100000) raises :class:`ImageTooLarge` before any pixel buffer is allocated; OpenCV's
+own limit (2**30 pixels) would refuse only the largest, after a 30000 x 30000 claim had made it
+allocate 2.7 GB.
 
 The training transform then follows the reference's torchvision pipeline, in this order:
 
@@ -87,6 +91,10 @@ class ImageDecodeError(ValueError):
 
     def __str__(self) -> str:
         return f"cannot decode the image of list row {self.row}: {self.reason}"
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The header claims more than :data:`MAX_DECODE_PIXELS` pixels (a decompression bomb)."""
 
 
 def default_pad(size: int) -> int:
@@ -180,11 +188,11 @@ def _check_header_size(data: bytes, row: int) -> None:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(row, f"decompression bomb refused: {e}") from None
+        raise ImageTooLarge(row, f"decompression bomb refused: {e}") from None
     except Exception:  # noqa: BLE001 - not parsable by PIL: OpenCV decides below
         return
     if width * height > MAX_DECODE_PIXELS:
-        raise ImageDecodeError(row, f"the header claims {width}x{height} pixels, more than "
+        raise ImageTooLarge(row, f"the header claims {width}x{height} pixels, more than "
                                     f"the limit of {MAX_DECODE_PIXELS} (a decompression bomb "
                                     "or a corrupt header)")
 
