@@ -39,6 +39,18 @@ def abstract_like(tree: Any) -> Any:
         tree)
 
 
+def _root_cause(error: BaseException) -> str:
+    """The first error of ``error``'s chain (orbax's clean-up after a failed write may raise a
+    secondary error, e.g. ENOTEMPTY, that hides the ENOSPC that started it)."""
+    seen, e = [], error
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    root = next((x for x in reversed(seen) if isinstance(x, OSError) and x.errno is not None),
+                seen[-1])
+    return f"{type(root).__name__}: {root}"
+
+
 class Checkpointer:
     """Saves and restores (TrainState, meta, data iterator) under one directory.
 
@@ -69,7 +81,13 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except OSError as e:
+            raise OSError(e.errno, f"{self.directory}/{step}: cannot write this checkpoint "
+                          f"({_root_cause(e)}); the complete checkpoints {self.all_steps()} are "
+                          "intact: fix the cause (e.g. free disk space) and re-run to resume "
+                          "from the last of them") from e
 
     def restore(self, step: int, target: TrainState,
                 data_iterator: Any | None = None) -> tuple[TrainState, dict[str, Any]]:

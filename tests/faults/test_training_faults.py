@@ -204,3 +204,32 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(data, uninterrupte
     got = params(work)
     for k, v in ref_params.items():
         assert np.array_equal(got[k], v), k
+
+
+def test_full_disk_during_a_checkpoint_save_keeps_the_previous(data, uninterrupted, tmp_path,
+                                                               monkeypatch):
+    """ENOSPC while orbax writes checkpoint 4 (its meta item): the run stops with the OSError,
+    checkpoint 2 stays, and the re-run resumes from it to the uninterrupted result."""
+    import errno
+
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
+
+    _, ref_params, _ = uninterrupted
+    real_save = jch.JsonCheckpointHandler._save_fn
+
+    async def disk_full_at_step_4(self, x, directory):
+        if isinstance(x, dict) and x.get("step") == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return await real_save(self, x, directory)
+
+    monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", disk_full_at_step_4)
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.train(tiny_config(data), str(tmp_path))
+    monkeypatch.undo()
+    ckpts = tmp_path / "stage1" / "checkpoints"
+    assert [p for p in os.listdir(ckpts) if p.isdigit()] == ["2"]
+    out = trainer.train(tiny_config(data), str(tmp_path))
+    assert out[0].resumed_from == 2
+    got = params(tmp_path)
+    for k, v in ref_params.items():
+        assert np.array_equal(got[k], v), k
