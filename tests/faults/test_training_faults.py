@@ -129,6 +129,7 @@ class _Killed(BaseException):
     """Stands for a SIGKILL in-process (BaseException: nothing in the trainer catches it)."""
 
 
+@pytest.mark.slow_fault
 def test_resume_after_interruption_keeps_batches_and_logs_each_step_once(data, uninterrupted,
                                                                          tmp_path, monkeypatch):
     """Stop the run before step 5 (after its step-4 checkpoint), leave behind what a killed run
@@ -206,6 +207,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(data, uninterrupte
         assert np.array_equal(got[k], v), k
 
 
+@pytest.mark.slow_fault
 def test_full_disk_during_a_checkpoint_save_keeps_the_previous(data, uninterrupted, tmp_path,
                                                                monkeypatch):
     """ENOSPC while orbax writes checkpoint 4 (its meta item): the run stops with the OSError,
