@@ -424,9 +424,10 @@ class _StageRun:
         for row in rows.tolist():
             image_id = (self.image_list.ids[row] if self.image_list.ids is not None
                         else str(row))
+            reason = self._bad_reason(row)
             self.logger.message(f"stage {self.k} step {step}: skipped unreadable image {image_id} "
-                                f"(list row {row}): {self._bad_reason(row)}")
-            self.bad_log.add(self.k, step, row, image_id, self._bad_reason(row))
+                                f"(list row {row}): {reason}")
+            self.bad_log.add(self.k, step, row, image_id, reason)
         self.bad_count += len(rows)
         samples = total * self.sc.batch_size
         cap = float(self.config.data.train.max_bad_fraction) * samples
@@ -558,6 +559,21 @@ def check_config_change(meta: dict[str, Any], config: ml_collections.ConfigDict,
            f"(--allow_config_change given):\n{lines}")
 
 
+def _check_saved_config(config: ml_collections.ConfigDict, workdir: str, allow: bool) -> None:
+    """Compares ``<workdir>/config.json`` with ``config`` up to the last stage started there
+    (before config.json is replaced); each stage's checkpoints and export are checked again
+    when the stage is reached."""
+    path = os.path.join(workdir, "config.json")
+    started = [k for k in range(1, MAX_STAGES + 1) if os.path.isdir(stage_dir(workdir, k))]
+    if not started or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    last = max(started)
+    check_config_change({"result_config": train_config.result_config(saved, last)}, config,
+                        last, f"the run in {workdir} (config.json)", allow, print)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           mesh: jax.sharding.Mesh | None = None, *,
           allow_config_change: bool = False) -> list[StageSummary]:
@@ -578,6 +594,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     for k in stages:
         distributed.local_batch_size(config[f"stage{k}"].batch_size, mesh)
     workdir = os.path.abspath(workdir)
+    _check_saved_config(config, workdir, allow_config_change)
     save_config(config, workdir)
     logger = MetricsLogger(workdir, enabled=jax.process_index() == 0,
                            tensorboard=config.log.tensorboard)

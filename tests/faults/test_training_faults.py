@@ -179,6 +179,7 @@ def test_changed_result_setting_is_an_error_naming_the_key(data, uninterrupted, 
         trainer.train(tiny_config(data, stage1=stage(
             "clean", "clean", image_size=16, epochs=1.5, base_lr=0.01, batch_size=BATCH,
             warmup_epochs=0, weight_decay=5e-4)), str(work))
+    assert json.load(open(work / "config.json"))["stage1"]["base_lr"] == 0.05  # not replaced
     # operational keys may change
     config = tiny_config(data)
     config.log.every_steps = 3
