@@ -12,8 +12,9 @@ order. Stage k is ``config.stage<k>``; its outputs live in ``<workdir>/stage<k>/
 
 Config drift: checkpoints and exports record the settings that determine their stage's result
 (:func:`lmr_jax.train.config.result_config`: everything but logging, checkpointing, evaluation,
-pipeline parallelism and later stages). Resuming a stage, or re-running a finished one, with any
-of them changed is a :class:`ConfigChanged` error listing the differing keys, unless
+pipeline parallelism and later stages); ``config.json`` is compared as well (up to the last
+stage started in the workdir) before it is replaced. Resuming a stage, or re-running a finished
+one, with any of them changed is a :class:`ConfigChanged` error listing the differing keys, unless
 ``allow_config_change`` (``scripts/train.py --allow_config_change``) is given: then a resumed
 stage continues with the new settings and a finished stage is kept as it is (with a warning).
 
