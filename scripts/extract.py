@@ -7,7 +7,8 @@
 Images are decoded and resized to SIZE x SIZE, normalised and embedded by the one embedding
 path of lmr_jax.retrieval.embedding (the same as the validation during training).
 Writes OUT/features.npy (float16 by default, memory-mappable), OUT/ids.txt, OUT/failed.txt
-(images that could not be read, with the reason) and OUT/meta.json. Run it again after a kill
+(images that could not be read, with the reason) and OUT/meta.json; more failures than
+--max_bad_fraction (default 0.1 %) is an error naming the first reasons. Run it again after a kill
 and it continues with the first missing shard; a finished folder is left as it is.
 """
 
@@ -35,6 +36,9 @@ _OUT_DTYPE = flags.DEFINE_enum("out_dtype", "float16", ["float16", "float32"], "
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per step on this host.")
 _SHARD = flags.DEFINE_integer("shard_size", 4096, "Images per resumable shard.")
 _THREADS = flags.DEFINE_integer("read_threads", 4, "Image decoding threads.")
+_MAX_BAD = flags.DEFINE_float("max_bad_fraction", 0.001, "Fail when more than this share of "
+                              "the images cannot be read or decoded (they are listed in "
+                              "OUT/failed.txt either way).")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port for multi-host runs.")
 _NPROC = flags.DEFINE_integer("num_processes", 1, "Hosts in a multi-host run.")
 _PROC = flags.DEFINE_integer("process_id", 0, "This host's index in a multi-host run.")
@@ -85,7 +89,7 @@ def main(argv):
     options = ExtractOptions(size=_SIZE.value, scales=[float(s) for s in _SCALES.value],
                              flip=_FLIP.value, dtype=_DTYPE.value, out_dtype=_OUT_DTYPE.value,
                              batch_size=_BATCH.value, shard_size=_SHARD.value,
-                             read_threads=_THREADS.value)
+                             read_threads=_THREADS.value, max_bad_fraction=_MAX_BAD.value)
     meta = extract(model, source, image_list.ids, _OUT.value, options=options,
                    run_config=run_config)
     if meta is not None:

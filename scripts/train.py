@@ -11,6 +11,11 @@ is an error naming it. Multi-host: start one process per host with ``--coordinat
 host0:port --num_processes N --process_id i`` (or the environment variables
 ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; SLURM and Open MPI are
 detected by JAX). See lmr_jax/train/trainer.py for what is written in the workdir.
+
+Resuming (or re-running a finished stage) with settings that change the result (model, data,
+optimiser, schedule, stages, loss, precision, seed) is an error listing the keys; pass
+``--allow_config_change`` to continue anyway. Logging, checkpoint, evaluation and worker
+settings may change freely.
 """
 
 import os
@@ -24,6 +29,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuratio
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, models); "
                                 "default runs/<config file name>.")
+_ALLOW_CHANGE = flags.DEFINE_bool("allow_config_change", False, "Resume although settings that "
+                                   "change the result differ from the checkpoint's.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process training.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
@@ -40,7 +47,7 @@ def main(argv):
     path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
     print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-    trainer.train(_CONFIG.value, workdir)
+    trainer.train(_CONFIG.value, workdir, allow_config_change=_ALLOW_CHANGE.value)
 
 
 if __name__ == "__main__":

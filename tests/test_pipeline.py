@@ -215,7 +215,7 @@ class _DyingSource(_CorruptSource):
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_unreadable_image_raises_an_error_naming_the_record(records, image_list, num_workers):
-    cfg = _config(num_workers=num_workers)
+    cfg = _config(num_workers=num_workers, max_bad_fraction=0.0)  # strict: no skipping
     kw = dict(process_index=0, process_count=1, device_count=1)
     source = _CorruptSource(records, bad_row=9)
     with pytest.raises(ImageDecodeError, match="list row 9") as info, \
@@ -227,6 +227,28 @@ def test_unreadable_image_raises_an_error_naming_the_record(records, image_list,
                                    **kw) as it:
             seen = np.concatenate([b["index"] for b in _take(it, 2 * it.steps_per_epoch)])
         assert 9 not in seen and len(seen) == 2 * 5 * 8
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_unreadable_image_is_skipped_with_label_minus_one(records, image_list, num_workers):
+    """Skipping keeps the batch shape and positions: only the bad row's slot changes."""
+    kw = dict(process_index=0, process_count=1, device_count=1)
+    with P.make_train_iterator(records, image_list, _config(), **kw) as it:
+        good = _take(it, it.steps_per_epoch)
+    with P.make_train_iterator(_CorruptSource(records, bad_row=9), image_list,
+                               _config(num_workers=num_workers), **kw) as it:
+        got = _take(it, it.steps_per_epoch)
+    hits = 0
+    for g, b in zip(good, got, strict=True):
+        np.testing.assert_array_equal(g["index"], b["index"])
+        assert not g["bad"].any()
+        slot = b["index"] == 9
+        hits += slot.sum()
+        np.testing.assert_array_equal(b["bad"], slot)
+        np.testing.assert_array_equal(b["label"], np.where(slot, -1, g["label"]))
+        np.testing.assert_array_equal(b["image"][~slot], g["image"][~slot])
+        assert not np.asarray(b["image"][slot], np.float32).any()
+    assert hits == 1
 
 
 def test_dead_worker_raises_a_clear_error(records, image_list):

@@ -169,6 +169,9 @@ def test_resume_after_sigkill_is_bitwise_identical(setup, reference):
         proc.wait()
     assert not (workdir / "stage2" / "export").exists(), "the run ended before it was killed"
     log = run(setup, workdir)
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, open(workdir / "metrics.jsonl"))
+             if "loss" in r]
+    assert steps == sorted(set(steps)), f"metrics.jsonl repeats steps after the resume: {steps}"
     print(f"killed after step {kill_after}:", [line for line in log.splitlines()
                                                if "resumed" in line or "skipping" in line])
     resumed = final_params(workdir)

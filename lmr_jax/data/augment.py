@@ -18,7 +18,11 @@ in 4.11 and builds it by default from 4.12; with older OpenCV (any the reference
 reference never trained on one. lmr-jax decodes GIFs as the pinned OpenCV does rather than
 dropping them. Bytes that OpenCV cannot
 decode (empty, not an image, truncated JPEG / PNG, unsupported format) raise
-:class:`ImageDecodeError` naming the list row, never a substitute image.
+:class:`ImageDecodeError` naming the list row, never a substitute image. A header claiming more
+than :data:`MAX_DECODE_PIXELS` pixels (a decompression bomb: a 70-byte PNG can announce
+100000 x 100000) raises :class:`ImageTooLarge` before any pixel buffer is allocated; OpenCV's
+own limit (2**30 pixels) would refuse only the largest, after a 30000 x 30000 claim had made it
+allocate 2.7 GB.
 
 The training transform then follows the reference's torchvision pipeline, in this order:
 
@@ -67,6 +71,10 @@ cv2.setNumThreads(1)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 REFERENCE_STD: tuple[float, float, float] = (57 / 255, 57 / 255, 57 / 255)
+# Largest image decoded (pixels): a header claiming more (a "decompression bomb", e.g. a tiny PNG
+# announcing 100000 x 100000) is refused before OpenCV allocates its buffer. PIL's own bomb limit
+# (2 x Image.MAX_IMAGE_PIXELS, about 179 million pixels, 13377^2), whose header reader is used.
+MAX_DECODE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -83,6 +91,10 @@ class ImageDecodeError(ValueError):
 
     def __str__(self) -> str:
         return f"cannot decode the image of list row {self.row}: {self.reason}"
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The header claims more than :data:`MAX_DECODE_PIXELS` pixels (a decompression bomb)."""
 
 
 def default_pad(size: int) -> int:
@@ -155,6 +167,7 @@ def decode_image(data: bytes, *, row: int = -1) -> np.ndarray:
     """
     if not len(data):
         raise ImageDecodeError(row, "empty data")
+    _check_header_size(data, row)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:
@@ -163,6 +176,25 @@ def decode_image(data: bytes, *, row: int = -1) -> np.ndarray:
         raise ImageDecodeError(row, "OpenCV cannot decode it (not an image, truncated or "
                                     "corrupt, or a format this OpenCV build does not read)")
     return image
+
+
+def _check_header_size(data: bytes, row: int) -> None:
+    """Refuses an image whose header claims more than :data:`MAX_DECODE_PIXELS` pixels.
+
+    PIL reads only the header here; bytes PIL does not recognise are left to OpenCV (which has
+    its own, larger limit of 2**30 pixels and then fails with an assertion error).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(row, f"decompression bomb refused: {e}") from None
+    except Exception:  # noqa: BLE001 - not parsable by PIL: OpenCV decides below
+        return
+    if width * height > MAX_DECODE_PIXELS:
+        raise ImageTooLarge(row, f"the header claims {width}x{height} pixels, more than "
+                                    f"the limit of {MAX_DECODE_PIXELS} (a decompression bomb "
+                                    "or a corrupt header)")
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:

@@ -171,7 +171,7 @@ def load_country_dir(country_dir: str | os.PathLike) -> dict[str, str]:
 def load_country_csv(path: str | os.PathLike) -> dict[int, str]:
     """Train landmark id -> two-letter country code, from a ``landmark_id,country`` CSV."""
     out: dict[int, str] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is allowed
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or [h.strip() for h in header] != ["landmark_id", "country"]:

@@ -370,7 +370,7 @@ class LabelTable:
                 "older lmr-jax lack it: run scripts/prepare_gldv2.py again with the same "
                 "--gldv2 and --out (the image store is kept; only the lists are rewritten)")
         ids, countries = [], []
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is allowed
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or tuple(header) != LABEL_TABLE_HEADER:
@@ -378,9 +378,11 @@ class LabelTable:
                                       f"{','.join(LABEL_TABLE_HEADER)!r}, got {header}")
             for line, row in enumerate(reader, start=2):
                 try:
+                    if len(row) != len(LABEL_TABLE_HEADER):
+                        raise ValueError(f"{len(row)} columns")
                     label, lid = int(row[0]), int(row[1])
                     country = row[2]
-                except (IndexError, ValueError):
+                except ValueError:
                     raise LabelTableError(f"{path}:{line}: expected label,landmark_id,country, "
                                           f"got {row}") from None
                 if label != len(ids):

@@ -23,8 +23,15 @@ p-th contiguous block of ceil(N / P) rows, every process is padded to the same n
 batches, and padding has ``index`` -1 and ``mask`` False (a zero image that is never decoded).
 
 Bad input: rows listed in ``exclude_rows`` (images found unreadable at preparation) are never
-sampled; an image that fails to decode at run time raises :class:`ImageDecodeError` naming the
-list row and image id; a dead worker process raises :class:`DataWorkerError`.
+sampled. An image that cannot be read or decoded at run time (direct-file mode, a damaged file)
+is *skipped* when ``max_bad_fraction`` > 0 (the default): its batch slot keeps the batch shape
+with a zero image, label -1 (which the losses ignore) and ``bad`` True, so every batch has its
+usual size and positions, and a resumed run sees the same batches and the same skipped rows as
+an uninterrupted one. The slot still passes through the model, so BatchNorm statistics of that
+step include one zero image. Counting the skipped images and stopping past the cap is the
+caller's job (the trainer: ``bad_images.tsv`` in the workdir). With ``max_bad_fraction`` 0 such
+an image raises :class:`ImageDecodeError` (or the read's ``OSError``) naming the list row and
+image id. A dead worker process raises :class:`DataWorkerError`.
 
 Shared memory: with worker processes, batches arrive in shared memory that is released when the
 batch arrays are garbage-collected. ``close()`` (or leaving a ``with`` block) stops the workers,
@@ -71,7 +78,9 @@ def default_train_config(size: int = 384) -> ml_collections.ConfigDict:
     clean_fraction for continent; :data:`lmr_jax.data.samplers.SAMPLERS`), augment (see
     :func:`lmr_jax.data.augment.default_augment_config`), num_workers (grain worker processes;
     0 = decode in this process), read_threads (threads per process, each builds whole batches),
-    worker_buffer_size (batches buffered per worker).
+    worker_buffer_size (batches buffered per worker), max_bad_fraction (0: an unreadable image
+    is an error; > 0: it is skipped, see the module docstring, and the trainer stops once more
+    than this share of a stage's samples were skipped).
     """
     return ml_collections.ConfigDict({
         "global_batch_size": 96,
@@ -86,6 +95,7 @@ def default_train_config(size: int = 384) -> ml_collections.ConfigDict:
         "num_workers": 0,
         "read_threads": 2,
         "worker_buffer_size": 2,
+        "max_bad_fraction": 0.001,
     })
 
 
@@ -143,14 +153,45 @@ class _SampleStream:
 
 
 class _ReadTrainRecord:
-    """list row -> {"image": bytes, "index": row, "label": label} from the image source."""
+    """list row -> {"image": bytes, "index": row, "label": label} from the image source.
 
-    def __init__(self, source: Any, labels: np.ndarray):
+    With ``skip_bad``, a file that cannot be read gives ``image`` None (skipped downstream).
+    """
+
+    def __init__(self, source: Any, labels: np.ndarray, skip_bad: bool = False):
         self.source = source
         self.labels = labels
+        self.skip_bad = skip_bad
 
     def __call__(self, row: int) -> dict:
-        return _read(self.source, row) | {"label": self.labels[row]}
+        try:
+            record = _read(self.source, row)
+        except OSError:
+            if not self.skip_bad:
+                raise
+            record = {"image": None, "index": row}
+        return record | {"label": self.labels[row]}
+
+
+class _AugmentOrSkip:
+    """TrainAugment, plus ``bad``; an unreadable image becomes a skipped slot (zero image,
+    label -1, ``bad`` True) when ``skip_bad``, else its ImageDecodeError propagates."""
+
+    def __init__(self, augment: TrainAugment, skip_bad: bool):
+        self.augment = augment
+        self.skip_bad = skip_bad
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        if record["image"] is not None:
+            try:
+                return self.augment(record, rng) | {"bad": np.bool_(False)}
+            except ImageDecodeError:
+                if not self.skip_bad:
+                    raise
+        size = self.augment.size
+        return {"image": np.zeros((size, size, 3), self.augment.dtype),
+                "index": np.int32(record["index"]), "label": np.int32(-1),
+                "bad": np.bool_(True)}
 
 
 class _ReadEvalRecord:
@@ -316,7 +357,8 @@ def make_train_iterator(
 
     Returns:
       A :class:`PipelineIterator` of dicts ``{"image": (B_local, S, S, 3) float32|bfloat16,
-      "label": (B_local,) int32, "index": (B_local,) int32 list rows}`` with
+      "label": (B_local,) int32, "index": (B_local,) int32 list rows, "bad": (B_local,) bool
+      skipped unreadable images (label -1, zero image)}`` with
       ``B_local = global_batch_size / process_count``; ``steps_per_epoch`` is set.
     """
     process_index, process_count = _processes(process_index, process_count)
@@ -338,8 +380,10 @@ def make_train_iterator(
     local_batch = global_batch // process_count
     ds = grain.MapDataset.source(_SampleStream(sampler, steps_per_epoch * global_batch,
                                                num_epochs))
-    ds = ds.map(_ReadTrainRecord(source, labels))
-    ds = ds.random_map(TrainAugment(config.augment), seed=int(config.seed))
+    skip_bad = float(config.get("max_bad_fraction", 0.0)) > 0
+    ds = ds.map(_ReadTrainRecord(source, labels, skip_bad))
+    ds = ds.random_map(_AugmentOrSkip(TrainAugment(config.augment), skip_bad),
+                       seed=int(config.seed))
     ds = ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
     it = _finish(ds, num_workers=int(config.num_workers), read_threads=int(config.read_threads),
                  worker_buffer_size=int(config.worker_buffer_size))

@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lmr_jax.data.augment import ImageDecodeError, decode_image
+from lmr_jax.data.augment import ImageDecodeError, ImageTooLarge, decode_image
 from lmr_jax.data.lists import ImageList
 
 _STORE_VERSION = 2  # 1: non-RGB-JPEG images were re-encoded; 2: original bytes kept
@@ -107,6 +107,8 @@ def check_image(data: bytes, max_side: int | None = None, quality: int = 90
         raise BadImage("empty file")
     try:
         image = decode_image(data)
+    except ImageTooLarge as e:
+        raise BadImage(e.reason) from None
     except ImageDecodeError:
         fmt = _image_format(data)
         if fmt is None:

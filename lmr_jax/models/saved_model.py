@@ -160,7 +160,11 @@ def _restore_into(ckpt: ocp.Checkpointer, path: str, item: str, abstract: nnx.Mo
     graphdef, state = nnx.split(abstract)
     target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
                           nnx.to_pure_dict(state))
-    stored_meta = ckpt.metadata(path).item_metadata[item]
+    try:
+        stored_meta = ckpt.metadata(path).item_metadata[item]
+    except (ValueError, OSError, KeyError) as e:  # json / tensorstore / missing-file errors
+        raise ModelCheckpointError(f"{path}: the stored {what} cannot be read (damaged or "
+                                   f"incomplete checkpoint): {type(e).__name__}: {e}") from e
     stored = _leaf_shapes(stored_meta.tree if hasattr(stored_meta, "tree") else stored_meta)
     expected = _leaf_shapes(target)
     if stored != expected:
@@ -171,8 +175,12 @@ def _restore_into(ckpt: ocp.Checkpointer, path: str, item: str, abstract: nnx.Mo
         raise ModelCheckpointError(
             f"{path}: the stored {what} does not match the model rebuilt from its metadata: "
             f"missing {missing[:10]}, unexpected {unexpected[:10]}, wrong shapes {shapes[:10]}")
-    restored = ckpt.restore(path, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(target)}))[item]
+    try:
+        restored = ckpt.restore(path, args=ocp.args.Composite(
+            **{item: ocp.args.StandardRestore(target)}))[item]
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelCheckpointError(f"{path}: the stored {what} cannot be read (damaged or "
+                                   f"incomplete checkpoint): {type(e).__name__}: {e}") from e
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)
 

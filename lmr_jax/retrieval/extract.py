@@ -8,7 +8,11 @@ whose ``meta.json`` says done is not redone.
 
 Images: decoded and resized straight to ``size x size`` and normalised as in training
 (``lmr_jax.data.augment.EvalPreprocess``). An image that cannot be read or decoded gets no
-feature: it is listed in ``failed.txt`` with the reason (never a zero vector).
+feature: it is listed in ``failed.txt`` with the reason (never a zero vector). More failures than
+``max_bad_fraction`` of the rows (default 0.1 %) stop the run with :class:`TooManyFailures`
+naming the first reasons (a wrong folder or format shows up at once, not as a low mAP); the
+shards written so far are kept and ``failed.txt`` lists the failures so far, so a re-run with
+the files fixed or a larger fraction resumes.
 
 Views (single scale, the reference's multi-scale, the optional flip): the one embedding path
 of :mod:`lmr_jax.retrieval.embedding`, shared with the validation during training.
@@ -41,7 +45,8 @@ class ExtractOptions:
     multi-scale is ``embedding.REFERENCE_SCALES``, flip is an lmr-jax extra); dtype: compute dtype of the images
     (the model's own dtype is fixed when it is built); out_dtype: stored feature dtype;
     batch_size: images per step on this process (a multiple of the local device count);
-    shard_size: images per resumable shard; read_threads: decoding threads."""
+    shard_size: images per resumable shard; read_threads: decoding threads; max_bad_fraction:
+    share of the rows allowed to fail (more is a :class:`TooManyFailures` error)."""
 
     size: int = 384
     scales: Sequence[float] = (1.0,)
@@ -51,13 +56,32 @@ class ExtractOptions:
     batch_size: int = 32
     shard_size: int = 4096
     read_threads: int = 4
+    max_bad_fraction: float = 0.001
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scales"] = [float(s) for s in self.scales]
-        for k in ("batch_size", "shard_size", "read_threads"):
+        for k in ("batch_size", "shard_size", "read_threads", "max_bad_fraction"):
             d.pop(k)  # do not change the result: a resumed run may change them
         return d
+
+
+class TooManyFailures(RuntimeError):
+    """More images than ``ExtractOptions.max_bad_fraction`` could not be embedded."""
+
+
+def _check_failures(out_dir: str, failures: list[tuple[int, str]], ids: np.ndarray,
+                    num_rows: int, fraction: float) -> None:
+    if len(failures) <= fraction * num_rows:
+        return
+    failures = sorted(failures)
+    features.write_failed(out_dir, ids, failures)
+    first = "; ".join(f"{ids[r]}: {reason}" for r, reason in failures[:3])
+    raise TooManyFailures(
+        f"{out_dir}: {len(failures)} of {num_rows} images could not be embedded, more than "
+        f"max_bad_fraction={fraction}. First: {first}. All so far are in "
+        f"{out_dir}/failed.txt; the finished shards are kept: fix the images (or the --images "
+        "folder) or raise --max_bad_fraction and run again to resume.")
 
 
 class _SafePreprocess:
@@ -120,6 +144,10 @@ def extract(model: nnx.Module, source: Any, ids: np.ndarray, out_dir: str, *,
       on_shard: called with the shard number after each shard is written.
     Returns:
       meta of the finished folder, or None on a process other than 0 of several.
+
+    Raises:
+      TooManyFailures: more than ``options.max_bad_fraction`` of the rows failed (checked after
+        every shard, counting the shards of earlier runs).
     """
     options = options or ExtractOptions()
     pi = jax.process_index() if process_index is None else process_index
@@ -134,6 +162,7 @@ def extract(model: nnx.Module, source: Any, ids: np.ndarray, out_dir: str, *,
     features.prepare(out_dir, config)
     num_shards = max(1, -(-len(rows) // options.shard_size))
     mine = [s for s in range(num_shards) if s % pc == pi and not features.shard_done(out_dir, s)]
+    failures = features.shard_failures(out_dir, num_shards)  # of shards written before
     pre_cfg = default_eval_preprocess_config(options.size)
     pre_cfg.dtype = options.dtype
     devices = list(devices) if devices is not None else jax.local_devices()
@@ -161,6 +190,8 @@ def extract(model: nnx.Module, source: Any, ids: np.ndarray, out_dir: str, *,
         out_feats = np.concatenate(feats).astype(options.out_dtype)
         features.write_shard(out_dir, s, np.concatenate(kept), out_feats, np.asarray(bad, np.int64),
                              reasons)
+        failures.extend(zip(bad, reasons, strict=True))
+        _check_failures(out_dir, failures, ids, len(rows), options.max_bad_fraction)
         if on_shard is not None:
             on_shard(s)
     bar.close()

@@ -86,6 +86,23 @@ def shard_done(out_dir: str | os.PathLike, shard: int) -> bool:
     return shard_path(out_dir, shard).exists()
 
 
+def shard_failures(out_dir: str | os.PathLike, num_shards: int) -> list[tuple[int, str]]:
+    """(row, reason) of the failed images of the shards written so far."""
+    out = []
+    for s in range(num_shards):
+        if shard_done(out_dir, s):
+            with np.load(shard_path(out_dir, s)) as z:
+                out.extend(zip(z["bad_rows"].tolist(), z["bad_reasons"].tolist(), strict=True))
+    return out
+
+
+def write_failed(out_dir: str | os.PathLike, ids: np.ndarray,
+                 failures: list[tuple[int, str]]) -> None:
+    """``failed.txt``: ``<id>\t<reason>`` of every (row, reason), in row order."""
+    _atomic_write_text(Path(out_dir) / "failed.txt",
+                       "".join(f"{ids[r]}\t{reason}\n" for r, reason in sorted(failures)))
+
+
 def finalize(out_dir: str | os.PathLike, num_shards: int, ids: np.ndarray, dim: int,
              dtype: str, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Join the shards into features.npy / ids.txt / failed.txt and write meta.json last.
@@ -117,8 +134,7 @@ def finalize(out_dir: str | os.PathLike, num_shards: int, ids: np.ndarray, dim: 
     del mm
     os.replace(tmp, out / "features.npy")
     _atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in ids[kept_rows]))
-    _atomic_write_text(out / "failed.txt",
-                       "".join(f"{ids[r]}\t{reason}\n" for r, reason in sorted(bad)))
+    write_failed(out, ids, bad)
     meta = {"done": True, "num_images": total, "num_failed": len(bad), "dim": dim,
             "dtype": dtype, **(extra_meta or {})}
     _atomic_write_text(out / "meta.json", json.dumps(meta, sort_keys=True, indent=1))

@@ -7,6 +7,11 @@ ensemble: each model keeps its own features, the methods fuse them) ->
 ``submission_<method>.csv`` and ``submission.csv`` (the configured method) -> GLDv2 metrics for
 all / Public / Private -> ``report.json``, ``report.md`` and ``results.png`` in the work folder
 (``config.workdir``; default ``runs/eval/<config name>``).
+
+Images without a feature (failed at extraction, see ``failed.txt`` of the feature folder) are
+left out of the ranking and counted in the report: ``missing_features`` in report.json (queries,
+index and reference images) and a line of report.md; a missing query scores as a query with no
+correct result, a missing index image can never be retrieved.
 """
 
 from __future__ import annotations
@@ -89,8 +94,10 @@ def _score(preds: dict[str, list[str]], sol: submission.RetrievalSolution) -> di
     return out
 
 
-def _markdown(results: dict[str, dict[str, Any]], chosen: str) -> str:
+def _markdown(results: dict[str, dict[str, Any]], chosen: str, missing: dict[str, int]) -> str:
     lines = ["# Retrieval evaluation", "",
+             "Images without a feature (left out): " + ", ".join(
+                 f"{n} {what}" for what, n in missing.items()), "",
              "| re-ranking | mAP@100 | Public | Private | P@1 | P@10 | mean first correct | "
              "time (s) |", "|---|---|---|---|---|---|---|---|"]
 
@@ -156,8 +163,9 @@ def _rerankers(config: ml_collections.ConfigDict) -> dict[str, rerank.Reranker]:
 
 
 def _references(config, val, models, workdir, cache
-                ) -> tuple[list[np.ndarray], rerank.References]:
-    """Every model's reference features and their labels (validation images left out)."""
+                ) -> tuple[list[np.ndarray], rerank.References, int]:
+    """Every model's reference features, their labels (validation images left out) and the
+    number of reference images without a feature."""
     ref_list = ImageList.load(config.reference.list)
     ref_list = ref_list.select(ref_list.labels >= 0)
     leak = np.isin(ref_list.ids, np.concatenate([val.query_ids, val.index_ids]))
@@ -168,7 +176,8 @@ def _references(config, val, models, workdir, cache
     rsets = [_load_or_extract(m, "ref", ref_list, config, workdir, cache) for m in models]
     ref_ids, rf = _align(rsets, ref_list.ids, "reference")
     pos = features.positions_of(ref_ids, ref_list.ids, "reference ids")
-    return rf, rerank.References(ref_list.labels[pos], ref_list.countries[pos])
+    return (rf, rerank.References(ref_list.labels[pos], ref_list.countries[pos]),
+            len(ref_list.ids) - len(ref_ids))
 
 
 def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -192,9 +201,12 @@ def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
     isets = [_load_or_extract(m, "index", val.index_list(), config, workdir, cache) for m in models]
     query_ids, qf = _align(qsets, val.query_ids, "query")
     index_ids, xf = _align(isets, val.index_ids, "index")
+    missing = {"query": len(val.query_ids) - len(query_ids),
+               "index": len(val.index_ids) - len(index_ids)}
     refs, references = [None] * len(models), None
     if any(r.needs_references for r in rankers.values()):
-        refs, references = _references(config, val, models, workdir, cache)
+        refs, references, missing["reference"] = _references(config, val, models, workdir,
+                                                             cache)
     feats = [rerank.ModelFeatures(q, x, r) for q, x, r in zip(qf, xf, refs, strict=True)]
     results: dict[str, dict[str, Any]] = {}
     tops: dict[str, np.ndarray] = {}
@@ -218,10 +230,11 @@ def run_evaluation(config: ml_collections.ConfigDict) -> dict[str, Any]:
     report = {"methods": results, "submission_rerank": chosen, "picture": picture,
               "num_queries": len(query_ids), "num_index": len(index_ids),
               "num_refs": None if references is None else len(references.landmarks),
+              "missing_features": missing,
               "config": config.to_dict()}
     (workdir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True,
                                                     default=str))
-    (workdir / "report.md").write_text(_markdown(results, chosen))
+    (workdir / "report.md").write_text(_markdown(results, chosen, missing))
     summary = dict(results[chosen]["metrics"])
     for method, r in results.items():
         summary[f"map@100_{method}"] = r["metrics"]["map@100"]

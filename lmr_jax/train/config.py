@@ -25,6 +25,8 @@ command line (``--config.stage1.base_lr=0.01``, ``--config.stages=3,4``). Its fi
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 from lmr_jax.data import pipeline
@@ -117,6 +119,8 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
         "images": "",                # store or image folder; default <dir>/store
         "train": pipeline.default_train_config(),
     })
+    # data.train.max_bad_fraction: share of a stage's samples that may be unreadable images,
+    # skipped (lmr_jax.data.pipeline) and listed in <workdir>/bad_images.tsv; past it, an error.
     c.data.train.num_workers = 8
     c.data.train.read_threads = 4
     c.checkpoint = ml_collections.ConfigDict({
@@ -180,3 +184,45 @@ def baidu_config(head: str, loss: str) -> ml_collections.ConfigDict:
     c.optim.bias_lr_factor = 1.0
     c.optim.min_lr_factor = 0.0
     return c
+# Keys that do not change what a stage computes: they may differ between a run and its resumption.
+# ``stages`` selects which stages run now; how often to log, checkpoint and evaluate, how many
+# checkpoints to keep, the evaluation settings, the input pipeline's parallelism and the bad-image
+# cap are operational too. Everything else (model, data, optimiser, schedule, stages' settings,
+# loss, precision, seed, initial checkpoint) changes the result.
+OPERATIONAL_KEYS: tuple[str, ...] = (
+    "stages", "log", "checkpoint", "eval", "data.train.num_workers", "data.train.read_threads",
+    "data.train.worker_buffer_size", "data.train.max_bad_fraction",
+)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; tuples become lists (as in JSON)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def result_config(config: ml_collections.ConfigDict | dict, stage: int) -> dict[str, object]:
+    """The flattened settings that determine stage ``stage``'s result: every key except the
+    :data:`OPERATIONAL_KEYS` and the settings of later stages (``stage<j>``, j > ``stage``)."""
+    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    flat = flatten(tree)
+
+    def kept(key: str) -> bool:
+        if any(key == k or key.startswith(k + ".") for k in OPERATIONAL_KEYS):
+            return False
+        head = key.split(".", 1)[0]
+        return not (head.startswith("stage") and head[5:].isdigit() and int(head[5:]) > stage)
+    return json.loads(json.dumps({k: v for k, v in flat.items() if kept(k)}, default=str))
+
+
+def config_differences(old: dict[str, object], new: dict[str, object]
+                       ) -> dict[str, tuple[object, object]]:
+    """``{key: (old value, new value)}`` of the keys whose values differ (missing: None)."""
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}

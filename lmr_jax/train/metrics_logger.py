@@ -2,7 +2,8 @@
 
 Only process 0 writes; on the other processes every method is a no-op. Files, under the
 workdir: ``metrics.jsonl`` (one JSON object per logged step, appended, so a resumed run
-continues it) and ``tensorboard/`` (tensorboardX event files).
+continues it; a resumed stage first drops the records after its restored step with
+:meth:`MetricsLogger.rewind`, so that readers see every step once) and ``tensorboard/`` (tensorboardX event files).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._jsonl = open(self._jsonl_path, "a", buffering=1)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -62,6 +64,32 @@ class MetricsLogger:
                 self._writer.add_scalar(f"train/{k}", v, global_step)
         record = {"time": time.time(), "global_step": global_step, **(extra or {}), **values}
         self._jsonl.write(json.dumps(record) + "\n")
+
+    def rewind(self, last_global_step: int) -> int:
+        """Drops the metrics.jsonl records after ``last_global_step`` (steps a killed run logged
+        after its last checkpoint, which the resumed run logs again) and any line cut short by
+        the kill. Returns the number of records dropped."""
+        if not self.enabled:
+            return 0
+        self._jsonl.close()
+        keep, dropped = [], 0
+        with open(self._jsonl_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    dropped += 1
+                    continue
+                if record.get("global_step", 0) <= last_global_step:
+                    keep.append(json.dumps(record) + "\n")
+                else:
+                    dropped += 1
+        tmp = self._jsonl_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(keep))
+        os.replace(tmp, self._jsonl_path)
+        self._jsonl = open(self._jsonl_path, "a", buffering=1)
+        return dropped
 
     def message(self, text: str) -> None:
         """Prints a line without breaking the progress bar."""

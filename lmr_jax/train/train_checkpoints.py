@@ -11,11 +11,18 @@ three items:
 Saves are asynchronous: ``save`` returns once the arrays are copied off the devices; orbax
 writes into a temporary directory and renames it when complete, so a process killed during a
 save leaves the previous checkpoint intact (the incomplete one is ignored and cleaned up).
+
+A complete checkpoint damaged later (a truncated or edited file) is found when restoring:
+:meth:`Checkpointer.restore_latest` names it, moves it to ``<dir>/../damaged_checkpoints/<s>/``
+(kept for inspection, out of orbax's way) and falls back to the previous checkpoint; at least
+two are kept for that reason (``max_to_keep`` >= 2).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -32,6 +39,18 @@ def abstract_like(tree: Any) -> Any:
         tree)
 
 
+def _root_cause(error: BaseException) -> str:
+    """The first error of ``error``'s chain (orbax's clean-up after a failed write may raise a
+    secondary error, e.g. ENOTEMPTY, that hides the ENOSPC that started it)."""
+    seen, e = [], error
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    root = next((x for x in reversed(seen) if isinstance(x, OSError) and x.errno is not None),
+                seen[-1])
+    return f"{type(root).__name__}: {root}"
+
+
 class Checkpointer:
     """Saves and restores (TrainState, meta, data iterator) under one directory.
 
@@ -44,6 +63,9 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
                  async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        if max_to_keep < 2:
+            raise ValueError(f"checkpoint max_to_keep={max_to_keep}: keep at least 2, so that a "
+                             "damaged latest checkpoint has a complete one before it")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True)
@@ -59,7 +81,13 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except OSError as e:
+            raise OSError(e.errno, f"{self.directory}/{step}: cannot write this checkpoint "
+                          f"({_root_cause(e)}); the complete checkpoints {self.all_steps()} are "
+                          "intact: fix the cause (e.g. free disk space) and re-run to resume "
+                          "from the last of them") from e
 
     def restore(self, step: int, target: TrainState,
                 data_iterator: Any | None = None) -> tuple[TrainState, dict[str, Any]]:
@@ -85,6 +113,48 @@ class Checkpointer:
                              "It was written by a different configuration or is damaged; "
                              "use another workdir or delete the checkpoint.") from e
         return out["state"], dict(out["meta"])
+
+    def restore_latest(self, target: TrainState, data_iterator: Any | None = None,
+                       report: Callable[[str], None] = print
+                       ) -> tuple[int | None, TrainState, dict[str, Any]]:
+        """Restores the newest checkpoint that restores; damaged newer ones are moved aside.
+
+        Returns:
+          (step, state, meta), or (None, target, {}) when there is no checkpoint.
+
+        Raises:
+          ValueError: there are checkpoints and none of them restores (nothing is moved: the
+            cause is more likely a different configuration than damage).
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                state, meta = self.restore(step, target, data_iterator)
+            except Exception as e:  # noqa: BLE001 - orbax / tensorstore / json errors vary
+                failures.append((step, e))
+                report(f"warning: checkpoint {self.directory}/{step} cannot be restored "
+                       f"({type(e.__cause__ or e).__name__}: {e.__cause__ or e}); "
+                       "trying the previous one")
+                continue
+            for bad, _ in failures:
+                self._move_aside(bad, report)
+            return step, state, meta
+        if failures:
+            raise ValueError(f"{self.directory}: none of the checkpoints {steps} can be restored "
+                             f"(newest: {failures[0][1]})") from failures[0][1]
+        return None, target, {}
+
+    def _move_aside(self, step: int, report: Callable[[str], None]) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst_dir = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, str(step))
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        shutil.move(src, dst)
+        self._manager.reload()
+        report(f"moved the damaged checkpoint {src} to {dst}")
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())

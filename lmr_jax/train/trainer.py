@@ -10,6 +10,20 @@ order. Stage k is ``config.stage<k>``; its outputs live in ``<workdir>/stage<k>/
   (:func:`lmr_jax.models.saved_model.save_model`), written when the stage is complete. A stage
   whose export exists is skipped on a re-run.
 
+Config drift: checkpoints and exports record the settings that determine their stage's result
+(:func:`lmr_jax.train.config.result_config`: everything but logging, checkpointing, evaluation,
+pipeline parallelism and later stages); ``config.json`` is compared as well (up to the last
+stage started in the workdir) before it is replaced. Resuming a stage, or re-running a finished
+one, with any of them changed is a :class:`ConfigChanged` error listing the differing keys, unless
+``allow_config_change`` (``scripts/train.py --allow_config_change``) is given: then a resumed
+stage continues with the new settings and a finished stage is kept as it is (with a warning).
+
+Bad images (direct-file mode): an image that cannot be read or decoded is skipped (the
+pipeline's zero image with label -1, see :mod:`lmr_jax.data.pipeline`), counted (``bad_images``
+in metrics.jsonl and the progress bar) and listed in ``bad_images.tsv``
+(:mod:`lmr_jax.train.bad_images`); more than ``data.train.max_bad_fraction`` of a stage's
+samples (steps x batch) is a :class:`TooManyBadImages` error.
+
 Stage 1 starts from ``config.init_checkpoint`` (an ImageNet backbone converted with
 ``scripts/convert_weights.py``; empty = random initialisation); stage k > 1 from
 ``<workdir>/stage<k-1>/export`` unless ``stage<k>.init_from`` names another model checkpoint.
@@ -17,7 +31,9 @@ When the new stage has more classes than the checkpoint's classifier, the first 
 and the others initialised (81,313 -> 203,094 on GLDv2).
 
 Written in the workdir as well: ``config.json`` (the resolved configuration), ``metrics.jsonl``
-and ``tensorboard/`` (see :mod:`lmr_jax.train.metrics_logger`).
+(rewound to the restored step on resume) and ``tensorboard/`` (see
+:mod:`lmr_jax.train.metrics_logger`). A damaged latest checkpoint is named and skipped for the
+previous one (:meth:`lmr_jax.train.train_checkpoints.Checkpointer.restore_latest`).
 """
 
 from __future__ import annotations
@@ -37,10 +53,13 @@ from flax import nnx
 
 from lmr_jax import models
 from lmr_jax.data import pipeline, store
+from lmr_jax.data.augment import decode_image
 from lmr_jax.data.lists import ImageList, ValidationSet
 from lmr_jax.models import heads, saved_model
 from lmr_jax.retrieval import embedding
+from lmr_jax.train import config as train_config
 from lmr_jax.train import distributed, evaluation, losses, optim, precision
+from lmr_jax.train.bad_images import BadImageLog
 from lmr_jax.train.metrics_logger import MetricsLogger
 from lmr_jax.train.state import TrainModule, create_train_state, grow_rows
 from lmr_jax.train.step import make_train_step
@@ -92,6 +111,14 @@ class _RunningMetrics:
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradients became NaN or infinite."""
+
+
+class ConfigChanged(ValueError):
+    """A stage is resumed or re-run with settings that change its result."""
+
+
+class TooManyBadImages(RuntimeError):
+    """More than ``data.train.max_bad_fraction`` of a stage's samples could not be decoded."""
 
 
 @dataclasses.dataclass
@@ -260,10 +287,14 @@ def _host(tree: Any) -> Any:
 class _StageRun:
     """The training loop of one stage (kept in an object to share the many settings)."""
 
-    def __init__(self, config, workdir, k, mesh, logger):
+    def __init__(self, config, workdir, k, mesh, logger, allow_config_change=False):
         self.config, self.workdir, self.k, self.mesh, self.logger = config, workdir, k, mesh, logger
         self.sc = config[f"stage{k}"]
+        self.allow_config_change = allow_config_change
         self.process_index, self.process_count = distributed.process_info()
+        self.bad_log = BadImageLog(os.path.join(workdir, "bad_images.tsv"),
+                                   enabled=self.process_index == 0)
+        self.bad_count = 0
 
     def run(self) -> StageSummary:
         config, sc, k = self.config, self.sc, self.k
@@ -276,6 +307,7 @@ class _StageRun:
                                     f"config.stage{k}.list)")
         image_list = ImageList.load(lpath)
         source = store.open_source(image_list, image_root(config))
+        self.source, self.image_list = source, image_list
         data_dtype = "bfloat16" if compute_dtype == jnp.bfloat16 else "float32"
         pcfg = pipeline_config(config, sc, k, data_dtype)
         it = pipeline.make_train_iterator(source, image_list, pcfg,
@@ -322,13 +354,15 @@ class _StageRun:
                             max_to_keep=config.checkpoint.max_to_keep,
                             async_save=config.checkpoint.async_save)
         try:
-            resumed = ckpt.latest_step()
+            resumed, state, meta = ckpt.restore_latest(state, it, report=self.logger.message)
             if resumed is not None:
-                state, meta = ckpt.restore(resumed, state, it)
-                if meta.get("config_hash") != config_hash(config):
-                    self.logger.message(f"warning: resuming stage {k} from a checkpoint written "
-                                        "with a different configuration")
+                check_config_change(meta, config, k, f"checkpoint {ckpt.directory}/{resumed}",
+                                    self.allow_config_change, self.logger.message)
                 self.logger.message(f"stage {k}: resumed at step {resumed} of {total}")
+            # Steps a killed run logged after its checkpoint are logged again: drop them.
+            self.logger.rewind(global_step(k, resumed) if resumed else global_step(k, 0) - 1)
+            self.bad_log.rewind(k, resumed or 0)
+            self.bad_count = self.bad_log.count(k, resumed or 0)
             state, first, last, evals = self._loop(state, step_fn, it, ckpt, spe, total,
                                                    resumed or 0, graphdef, compute_dtype,
                                                    lr_schedule)
@@ -346,6 +380,7 @@ class _StageRun:
     def _meta(self, step: int, spe: int) -> dict[str, Any]:
         return {"stage": self.k, "stage_name": self.sc.name, "step": step, "epoch": step / spe,
                 "seed": self.config.seed, "config_hash": config_hash(self.config),
+                "result_config": train_config.result_config(self.config, self.k),
                 "process_count": self.process_count}
 
     def _loop(self, state, step_fn, it, ckpt, spe, total, start, graphdef, compute_dtype,
@@ -365,6 +400,7 @@ class _StageRun:
         pending = None
         for step in range(start, total):
             batch = next(it)
+            self._count_bad(batch, step + 1, total)
             gb = distributed.global_batch({"image": batch["image"], "label": batch["label"]},
                                           self.mesh)
             state, metrics = step_fn(state, gb)
@@ -388,6 +424,49 @@ class _StageRun:
                               fp16=state.loss_scale is not None)
         self.logger.close_bar()
         return state, running.first_loss, running.last_loss, evals
+
+    def _count_bad(self, batch: dict, step: int, total: int) -> None:
+        """Lists the skipped (unreadable) images of step ``step``'s global batch and stops past
+        ``data.train.max_bad_fraction`` of the stage's samples."""
+        rows = np.asarray(batch["index"])[np.asarray(batch["bad"])].astype(np.int64)
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+
+            padded = np.full(len(batch["bad"]), -1, np.int64)
+            padded[:len(rows)] = rows
+            rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1)
+            rows = rows[rows >= 0]
+        if not len(rows):
+            return
+        for row in rows.tolist():
+            image_id = (self.image_list.ids[row] if self.image_list.ids is not None
+                        else str(row))
+            reason = self._bad_reason(row)
+            self.logger.message(f"stage {self.k} step {step}: skipped unreadable image {image_id} "
+                                f"(list row {row}): {reason}")
+            self.bad_log.add(self.k, step, row, image_id, reason)
+        self.bad_count += len(rows)
+        samples = total * self.sc.batch_size
+        cap = float(self.config.data.train.max_bad_fraction) * samples
+        if self.bad_count > cap:
+            first = "; ".join(self.bad_log.first(self.k)) or "see the log"
+            raise TooManyBadImages(
+                f"stage {self.k} ({self.sc.name}): {self.bad_count} unreadable images skipped by "
+                f"step {step}, more than data.train.max_bad_fraction="
+                f"{self.config.data.train.max_bad_fraction} of the stage's {samples} samples. "
+                f"First: {first}. All are listed in {self.bad_log.path}. Fix or remove the files "
+                "(or prepare a store, which leaves them out), or raise "
+                "--config.data.train.max_bad_fraction; re-running resumes from the last "
+                "checkpoint.")
+
+    def _bad_reason(self, row: int) -> str:
+        """Why list row ``row`` cannot be used (read and decoded again: rare, and the worker
+        processes do not pass strings back)."""
+        try:
+            decode_image(self.source[row]["image"], row=row)
+        except Exception as e:  # noqa: BLE001 - the reason is what is reported
+            return f"{type(e).__name__}: {e}"
+        return "failed in the input pipeline, decodes now"
 
     def _record_step(self, step: int, metrics: dict, running: _RunningMetrics, ckpt, spe: int,
                      total: int, start: int, lr_schedule, *, fp16: bool) -> None:
@@ -416,12 +495,13 @@ class _StageRun:
             values = {"loss": running.loss_sum / n, "accuracy": running.accuracy_sum / n,
                       "lr": float(lr_schedule(step)), "images_per_s": n * sc.batch_size / dt,
                       "step_time_s": dt / n, "loss_scale": float(m["loss_scale"]),
-                      "skipped_steps": int(m["skipped"])}
+                      "skipped_steps": int(m["skipped"]), "bad_images": self.bad_count}
             self.logger.scalars(global_step(k, done), values,
                                 {"stage": k, "step": done, "epoch": done / spe})
             self.logger.advance(n * sc.batch_size, {
                 "loss": f"{values['loss']:.3f}", "acc": f"{values['accuracy']:.3f}",
-                "lr": f"{values['lr']:.2e}", "img/s": f"{values['images_per_s']:.1f}"})
+                "lr": f"{values['lr']:.2e}", "img/s": f"{values['images_per_s']:.1f}",
+                "bad": self.bad_count})
             running.restart()
 
     def _evaluate(self, graphdef, state, compute_dtype, step, spe, when) -> dict[str, float]:
@@ -457,7 +537,8 @@ class _StageRun:
         module = nnx.merge(graphdef, _host(state.params), _host(state.rest))
         module.eval()
         meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
-                "image_size": self.sc.image_size, "config_hash": config_hash(self.config)}
+                "image_size": self.sc.image_size, "config_hash": config_hash(self.config),
+                "result_config": train_config.result_config(self.config, self.k)}
         saved_model.save_model(path, module.model, module.classifier,
                                config=model_config(self.config, num_classes), metadata=meta,
                                overwrite=True)
@@ -475,14 +556,53 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+def check_config_change(meta: dict[str, Any], config: ml_collections.ConfigDict, k: int,
+                        what: str, allow: bool, report) -> None:
+    """Compares the result settings recorded in ``meta`` (a checkpoint's or an export's) with
+    ``config``'s for stage ``k``: a difference is a :class:`ConfigChanged` error naming the
+    keys, or a warning when ``allow``. Records without them (older versions) are not checked."""
+    saved = meta.get("result_config")
+    if saved is None:
+        return
+    diff = train_config.config_differences(saved, train_config.result_config(config, k))
+    if not diff:
+        return
+    lines = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in diff.items())
+    if not allow:
+        raise ConfigChanged(
+            f"stage {k}: {what} was written with other settings that change the result "
+            f"(saved -> now):\n{lines}\nUse the saved settings, another workdir, or pass "
+            "--allow_config_change to continue with the new ones.")
+    report(f"warning: stage {k}: {what} was written with other settings "
+           f"(--allow_config_change given):\n{lines}")
+
+
+def _check_saved_config(config: ml_collections.ConfigDict, workdir: str, allow: bool) -> None:
+    """Compares ``<workdir>/config.json`` with ``config`` up to the last stage started there
+    (before config.json is replaced); each stage's checkpoints and export are checked again
+    when the stage is reached."""
+    path = os.path.join(workdir, "config.json")
+    started = [k for k in range(1, MAX_STAGES + 1) if os.path.isdir(stage_dir(workdir, k))]
+    if not started or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    last = max(started)
+    check_config_change({"result_config": train_config.result_config(saved, last)}, config,
+                        last, f"the run in {workdir} (config.json)", allow, print)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
-          mesh: jax.sharding.Mesh | None = None) -> list[StageSummary]:
+          mesh: jax.sharding.Mesh | None = None, *,
+          allow_config_change: bool = False) -> list[StageSummary]:
     """Runs (or resumes) the stages selected by ``config.stages``; see the module docstring.
 
     Args:
       config: a configuration from ``configs/*.py`` (``get_config()``), overrides applied.
       workdir: output directory (created).
       mesh: data mesh (default: every device of every process).
+      allow_config_change: accept result-changing settings that differ from those a stage's
+        checkpoint or export was written with (see the module docstring).
 
     Returns:
       One :class:`StageSummary` per stage run now (skipped, already exported stages excluded).
@@ -492,6 +612,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     for k in stages:
         distributed.local_batch_size(config[f"stage{k}"].batch_size, mesh)
     workdir = os.path.abspath(workdir)
+    _check_saved_config(config, workdir, allow_config_change)
     save_config(config, workdir)
     logger = MetricsLogger(workdir, enabled=jax.process_index() == 0,
                            tensorboard=config.log.tensorboard)
@@ -502,10 +623,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         for k in stages:
             export = export_dir(workdir, k)
             if os.path.isdir(export):
+                check_config_change(saved_model.read_metadata(export), config, k,
+                                    f"the finished model {export}", allow_config_change,
+                                    logger.message)
                 logger.message(f"stage {k} ({config[f'stage{k}'].name}) is complete ({export}); "
                                "skipping it")
                 continue
-            summary = _StageRun(config, workdir, k, mesh, logger).run()
+            summary = _StageRun(config, workdir, k, mesh, logger, allow_config_change).run()
             logger.scalars(global_step(k, summary.steps), {},
                            {"stage_summary": dataclasses.asdict(summary)})
             logger.message(f"stage {k} ({summary.name}) done in {summary.seconds:.0f} s: loss "
