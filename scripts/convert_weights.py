@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 import numpy as np
 from absl import app, flags
@@ -118,6 +119,19 @@ def run_paddle_check(model, x_nchw: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+def write_check(run: Callable[[np.ndarray], np.ndarray]) -> int:
+    """Runs the converted model on ``--check-input`` and saves ``--check-output``; exit status."""
+    try:
+        out = run(np.load(_CHECK_INPUT.value))
+    except (OSError, ValueError) as e:
+        print(f"error: the check on {_CHECK_INPUT.value} failed (the checkpoint was "
+              f"written): {e}", file=sys.stderr)
+        return 1
+    np.save(_CHECK_OUTPUT.value, out)
+    print(f"  check output {out.shape} -> {_CHECK_OUTPUT.value}")
+    return 0
+
+
 def convert_paddle() -> int:
     """The --format paddle conversion; the exit status."""
     checkpoint, output = _CHECKPOINT.value, _OUTPUT.value
@@ -148,14 +162,7 @@ def convert_paddle() -> int:
     if loaded.skipped:
         print(f"  skipped training state: {len(loaded.skipped)} variables")
     if _CHECK_INPUT.value:
-        try:
-            out = run_paddle_check(loaded.model, np.load(_CHECK_INPUT.value))
-        except (OSError, ValueError) as e:
-            print(f"error: the check on {_CHECK_INPUT.value} failed (the checkpoint was "
-                  f"written): {e}", file=sys.stderr)
-            return 1
-        np.save(_CHECK_OUTPUT.value, out)
-        print(f"  check output {out.shape} -> {_CHECK_OUTPUT.value}")
+        return write_check(lambda x: run_paddle_check(loaded.model, x))
     return 0
 
 
@@ -210,14 +217,7 @@ def convert() -> int:
     if converted.classifier is not None:
         print(f"  classifier: {converted.classifier.num_classes} classes")
     if _CHECK_INPUT.value:
-        try:
-            out = run_check(converted.model, np.load(_CHECK_INPUT.value), _FULL_MODEL.value)
-        except (OSError, ValueError) as e:
-            print(f"error: the check on {_CHECK_INPUT.value} failed (the checkpoint was "
-                  f"written): {e}", file=sys.stderr)
-            return 1
-        np.save(_CHECK_OUTPUT.value, out)
-        print(f"  check output {out.shape} -> {_CHECK_OUTPUT.value}")
+        return write_check(lambda x: run_check(converted.model, x, _FULL_MODEL.value))
     return 0
 
 
