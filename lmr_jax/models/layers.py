@@ -30,6 +30,10 @@ class FrozenParam(nnx.Variable):
     """A parameter that is loaded and saved but never trained (e.g. the neck BN bias)."""
 
 
+# PyTorch -> NNX axis order per layout: conv OIHW -> HWIO, linear (out, in) -> (in, out).
+_TORCH_TO_NNX_AXES = {"conv": (2, 3, 1, 0), "linear": (1, 0)}
+
+
 class TorchParam:
     """How one PyTorch state_dict entry maps to an NNX variable of a layer.
 
@@ -51,19 +55,13 @@ class TorchParam:
 
     def to_nnx(self, value: np.ndarray) -> np.ndarray:
         """Converts a PyTorch array to the NNX layout."""
-        if self.layout == "conv":
-            return np.transpose(value, (2, 3, 1, 0))
-        if self.layout == "linear":
-            return np.transpose(value, (1, 0))
-        return value
+        axes = _TORCH_TO_NNX_AXES.get(self.layout)
+        return value if axes is None else np.transpose(value, axes)
 
     def to_torch(self, value: np.ndarray) -> np.ndarray:
         """Converts an NNX array back to the PyTorch layout."""
-        if self.layout == "conv":
-            return np.transpose(value, (3, 2, 0, 1))
-        if self.layout == "linear":
-            return np.transpose(value, (1, 0))
-        return value
+        axes = _TORCH_TO_NNX_AXES.get(self.layout)
+        return value if axes is None else np.transpose(value, np.argsort(axes))
 
 
 class TorchMapped:
