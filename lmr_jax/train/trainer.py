@@ -39,7 +39,6 @@ previous one (:meth:`lmr_jax.train.train_checkpoints.Checkpointer.restore_latest
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -156,12 +155,6 @@ def parse_stages(config: ml_collections.ConfigDict) -> list[int]:
             raise ValueError(f"config.stages={spec!r}: there is no config.stage{k} "
                              f"(this config defines stages {known})")
     return stages
-
-
-def config_hash(config: ml_collections.ConfigDict) -> str:
-    """A short hash of the resolved configuration."""
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def stage_dir(workdir: str, k: int) -> str:
@@ -379,7 +372,7 @@ class _StageRun:
 
     def _meta(self, step: int, spe: int) -> dict[str, Any]:
         return {"stage": self.k, "stage_name": self.sc.name, "step": step, "epoch": step / spe,
-                "seed": self.config.seed, "config_hash": config_hash(self.config),
+                "seed": self.config.seed,
                 "result_config": train_config.result_config(self.config, self.k),
                 "process_count": self.process_count}
 
@@ -537,7 +530,7 @@ class _StageRun:
         module = nnx.merge(graphdef, _host(state.params), _host(state.rest))
         module.eval()
         meta = {"stage": self.k, "stage_name": self.sc.name, "num_classes": num_classes,
-                "image_size": self.sc.image_size, "config_hash": config_hash(self.config),
+                "image_size": self.sc.image_size,
                 "result_config": train_config.result_config(self.config, self.k)}
         saved_model.save_model(path, module.model, module.classifier,
                                config=model_config(self.config, num_classes), metadata=meta,
