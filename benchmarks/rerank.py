@@ -11,6 +11,7 @@ docs/benchmarks.md, section Re-ranking.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,25 @@ from lmr_jax.retrieval import landmark_country, search
 from lmr_jax.retrieval.rerank import RERANKERS, ModelFeatures, References
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _ref_array(make_rows, num_refs: int, dim: int, ref_path: str | None) -> np.ndarray:
+    """``make_rows(n)`` -> (n, D) float32, called chunk by chunk: in memory, or written once
+    to a float16 .npy at ``ref_path`` and opened as a memory map."""
+    if ref_path is None:
+        return make_rows(num_refs)
+    if not os.path.exists(ref_path):
+        mm = np.lib.format.open_memmap(ref_path + ".tmp.npy", "w+", np.float16, (num_refs, dim))
+        for s in range(0, num_refs, 1 << 17):
+            mm[s:s + (1 << 17)] = make_rows(min(1 << 17, num_refs - s)).astype(np.float16)
+        mm.flush()
+        del mm
+        os.replace(ref_path + ".tmp.npy", ref_path)
+    return np.load(ref_path, mmap_mode="r")
+
+
 def random_problem(num_queries: int, num_index: int, num_refs: int, dim: int = 512, *,
                    num_landmarks: int | None = None, num_countries: int = 200, seed: int = 0,
                    ref_path: str | None = None):
@@ -32,25 +52,80 @@ def random_problem(num_queries: int, num_index: int, num_refs: int, dim: int = 5
     rng = np.random.default_rng(seed)
 
     def unit(n):
-        x = rng.standard_normal((n, dim), dtype=np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+        return _unit(rng.standard_normal((n, dim), dtype=np.float32))
 
     q, x = unit(num_queries), unit(num_index)
     num_landmarks = num_landmarks or max(1, num_refs // 20)
     lms = rng.integers(0, num_landmarks, num_refs)
     cts = rng.integers(0, num_countries, num_refs)
-    if ref_path is None:
-        refs = unit(num_refs)
-    else:
-        if not os.path.exists(ref_path):
-            mm = np.lib.format.open_memmap(ref_path + ".tmp.npy", "w+", np.float16, (num_refs, dim))
-            for s in range(0, num_refs, 1 << 17):
-                mm[s:s + (1 << 17)] = unit(min(1 << 17, num_refs - s)).astype(np.float16)
-            mm.flush()
-            del mm
-            os.replace(ref_path + ".tmp.npy", ref_path)
-        refs = np.load(ref_path, mmap_mode="r")
-    return q, x, refs, lms, cts
+    return q, x, _ref_array(unit, num_refs, dim, ref_path), lms, cts
+
+
+@dataclasses.dataclass
+class ClusteredProblem:
+    """Features with landmark structure: every image is its landmark's centre plus noise.
+
+    queries (Q, D), index (N, D), refs (R, D) unit rows; ref_landmarks / ref_countries (R,)
+    (a landmark lies in one country); query_landmarks (Q,) and index_landmarks (N,) the true
+    landmark of each image, -1 for a distractor (an index image of a landmark with no ref)."""
+
+    queries: np.ndarray
+    index: np.ndarray
+    refs: np.ndarray
+    ref_landmarks: np.ndarray
+    ref_countries: np.ndarray
+    query_landmarks: np.ndarray
+    index_landmarks: np.ndarray
+
+
+def clustered_problem(num_queries: int, num_index: int, num_refs: int, dim: int = 512, *,
+                      refs_per_landmark: int = 20, num_countries: int = 200,
+                      index_on_landmark: float = 0.3, seed: int = 0,
+                      ref_path: str | None = None) -> ClusteredProblem:
+    """A retrieval problem shaped like GLDv2 features (docs/benchmarks.md, Re-ranking).
+
+    R / ``refs_per_landmark`` landmarks with random unit centres; an image of landmark l is
+    unit(c_l + sigma_l g), g ~ N(0, I / D) (so |g| ~ 1) and sigma_l ~ U(0.8, 1.2): images of
+    one landmark have cosine about 0.5 with each other and about 0 with other landmarks'.
+    A share ``index_on_landmark`` of the index images shows a landmark of the reference set;
+    the others are distractors, views of landmarks with no ref. Every query shows the landmark
+    of one of the on-landmark index images.
+    """
+    rng = np.random.default_rng(seed)
+    num_landmarks = max(1, num_refs // refs_per_landmark)
+    centres = _unit(rng.standard_normal((num_landmarks, dim), dtype=np.float32))
+    sigma = rng.uniform(0.8, 1.2, num_landmarks).astype(np.float32)
+    countries = rng.integers(0, num_countries, num_landmarks)
+
+    ref_rng = np.random.default_rng([seed, 1])  # own stream: the same refs with or without a file
+
+    def views(centre_rows: np.ndarray, spread: np.ndarray, gen=rng) -> np.ndarray:
+        g = gen.standard_normal(centre_rows.shape, dtype=np.float32) / np.sqrt(dim)
+        return _unit(centre_rows + spread[:, None] * g)
+
+    ref_lms = rng.integers(0, num_landmarks, num_refs)
+    pos = [0]
+
+    def ref_rows(n: int) -> np.ndarray:
+        lm = ref_lms[pos[0]:pos[0] + n]
+        pos[0] += n
+        return views(centres[lm], sigma[lm], ref_rng)
+
+    refs = _ref_array(ref_rows, num_refs, dim, ref_path)
+    n_on = int(round(index_on_landmark * num_index))
+    index_lms = np.full(num_index, -1, np.int64)
+    index_lms[:n_on] = rng.integers(0, num_landmarks, n_on)
+    index_lms = rng.permutation(index_lms)
+    on = index_lms >= 0
+    index = np.empty((num_index, dim), np.float32)
+    index[on] = views(centres[index_lms[on]], sigma[index_lms[on]])
+    unseen = _unit(rng.standard_normal((int((~on).sum()), dim), dtype=np.float32))
+    index[~on] = views(unseen, rng.uniform(0.8, 1.2, len(unseen)).astype(np.float32))
+    query_lms = rng.choice(index_lms[on], num_queries) if on.any() else \
+        rng.integers(0, num_landmarks, num_queries)
+    queries = views(centres[query_lms], sigma[query_lms])
+    return ClusteredProblem(queries, index, refs, ref_lms, countries[ref_lms], query_lms,
+                            index_lms)
 
 
 def bench_vs_loop(num_queries: int = 1129, num_index: int = 20_000, num_refs: int = 200_000,

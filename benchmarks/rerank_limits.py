@@ -1,7 +1,7 @@
 """The machine's float32 GEMM rate, and the exact Landmark-Country re-ranking against it.
 
-    python -m benchmarks.rerank_limits                         # GEMM rates + two re-ranking sizes
-    python -m benchmarks.rerank_limits --refs 20000,50000,200000 --index 20000
+    python -m benchmarks.rerank_limits                         # GEMM rates + three sizes
+    python -m benchmarks.rerank_limits --queries 282,1129 --refs 20000,50000,200000,1000000
     python -m benchmarks.rerank_limits --gemm_only
 
 The exact method cannot take less time than its inner products divided by the GEMM rate:
@@ -10,18 +10,24 @@ The exact method cannot take less time than its inner products divided by the GE
   top-1 references): (Q + N) x R x D x 2 FLOP;
 * one search of the distinct top-30 references of the queries against every reference (their
   own 30 nearest references): U x R x D x 2 FLOP, U <= 30 Q (counted from the problem);
+* the Gram matrix of each query's local set (the query and its n_q neighbourhood refs) for the
+  k-reciprocal refinement: sum_q (n_q + 1)^2 x D x 2 FLOP (n_q <= 930, read from the tags);
 * the query x index similarities: Q x N x D x 2 FLOP.
 
-The k-reciprocal refinement on the local sets (at most 931 x 931 per query) and the top-k
-passes are not counted in the bound, so "fraction of the bound" (bound / measured time) is 1.0
-only for an implementation with no cost but its GEMMs. The GEMM rate is measured here with numpy
-(BLAS) and XLA (jitted ``jnp.dot``) on a (4096 x D) x (D x 20,000) float32 product, the shape of
-one search chunk. Prints one JSON object on the last line.
+The top-k passes and the rest of the refinement (neighbour lists, reciprocal sets, Jaccard
+overlaps) are not counted, so "fraction of the bound" (bound / measured time) is 1.0 only for
+an implementation with no cost but its GEMMs. The GEMM rate is measured here with numpy (BLAS)
+and XLA (jitted ``jnp.dot``) on a (4096 x D) x (D x 20,000) float32 product, the shape of one
+search block; the bound uses the faster. Every (queries, refs) pair of the flags is one run on
+random unit vectors, timed around the library's public calls (tags, similarities + tags,
+top-100), with the phases as logged by :mod:`lmr_jax.retrieval.landmark_country`. Prints one
+JSON object per run and one for all on the last line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -30,8 +36,7 @@ from absl import app, flags
 
 from benchmarks.rerank import random_problem
 from benchmarks.timing import median_seconds
-from lmr_jax.retrieval import landmark_country
-from lmr_jax.retrieval.rerank import RERANKERS, ModelFeatures, References
+from lmr_jax.retrieval import landmark_country, search
 
 TOP_K_QUERY = 30  # the reference's query neighbourhood: 30 refs, each with its 30 nearest
 
@@ -55,29 +60,57 @@ def gemm_rates(dim: int = 512, m: int = 4096, n: int = 20_000, repeats: int = 5
 
 
 def rerank_flop(num_queries: int, num_index: int, num_refs: int, num_distinct: int,
-                dim: int) -> float:
+                dim: int, neighbourhood_sizes: np.ndarray | None = None) -> float:
     """The inner products of the exact method (module docstring), in FLOP."""
+    local = 0.0 if neighbourhood_sizes is None else float(
+        np.sum((neighbourhood_sizes.astype(np.float64) + 1.0) ** 2))
     return 2.0 * dim * ((num_queries + num_index + num_distinct) * num_refs
-                        + num_queries * num_index)
+                        + num_queries * num_index + local)
+
+
+class _PhaseLog(logging.Handler):
+    """Collects the seconds that landmark_country logs for each phase (last argument)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = str(record.msg)
+        if msg.endswith("%.1f s") and record.args:
+            self.seconds[msg.split(" ")[0].split("(")[0]] = round(float(record.args[-1]), 2)
 
 
 def rerank_against_bound(num_queries: int, num_index: int, num_refs: int, dim: int,
                          gflops: float, seed: int = 0) -> dict[str, float]:
-    """Time of the exact ``landmark_country`` re-ranking (top-100) on a random problem, its
-    FLOP, the GEMM-bound time at ``gflops`` and the fraction bound / time."""
+    """Time of the exact Landmark-Country re-ranking (top-100) of a random problem, its FLOP,
+    the GEMM-bound time at ``gflops`` and the fraction bound / time."""
     q, x, refs, lms, cts = random_problem(num_queries, num_index, num_refs, dim, seed=seed)
+    phases = _PhaseLog()
+    logger = logging.getLogger("lmr_jax.retrieval.landmark_country")
+    logger.addHandler(phases)
+    logger.setLevel(logging.INFO)
+    try:
+        t0 = time.perf_counter()
+        tags = landmark_country.compute_tags(q, x, refs, lms, cts)
+        t_tags = time.perf_counter() - t0
+        scores = landmark_country.apply_tags(search.similarity_matrix(q, x), tags)
+        search.topk_from_scores(scores, 100)
+        seconds = time.perf_counter() - t0
+    finally:
+        logger.removeHandler(phases)
     _, q_top, _ = landmark_country.reference_neighbours(q, x, refs, min(TOP_K_QUERY, num_refs))
     distinct = int(np.unique(q_top).size)
-    rerank = RERANKERS.build("landmark_country")
-    t0 = time.perf_counter()
-    rerank([ModelFeatures(q, x, refs)], [1.0], top_k=100, references=References(lms, cts))
-    seconds = time.perf_counter() - t0
-    flop = rerank_flop(num_queries, num_index, num_refs, distinct, dim)
+    flop = rerank_flop(num_queries, num_index, num_refs, distinct, dim,
+                       tags.neighbourhood_sizes)
     bound = flop / (gflops * 1e9)
     return {"queries": num_queries, "index": num_index, "refs": num_refs,
-            "distinct_top30_refs": distinct, "tflop": round(flop / 1e12, 3),
-            "seconds": round(seconds, 2), "bound_s": round(bound, 2),
-            "fraction_of_bound": round(bound / seconds, 3)}
+            "distinct_top30_refs": distinct,
+            "mean_neighbourhood": round(float(tags.neighbourhood_sizes.mean()), 1),
+            "flop": flop, "tflop": round(flop / 1e12, 3), "seconds": float(f"{seconds:.4g}"),
+            "tags_s": round(t_tags, 2), "phases_s": phases.seconds, "bound_s": float(f"{bound:.3g}"),
+            "fraction_of_bound": float(f"{bound / seconds:.3g}"),
+            "load_average": round(os.getloadavg()[0], 1)}
 
 
 def main(argv: list[str]) -> None:
@@ -89,18 +122,19 @@ def main(argv: list[str]) -> None:
     if not f.gemm_only:
         gflops = max(rates.values())
         rows = []
-        for refs in (int(r) for r in f.refs):
-            rows.append(rerank_against_bound(f.queries, f.index, refs, f.dim, gflops))
-            print(json.dumps(rows[-1]), flush=True)
+        for queries in (int(n) for n in f.queries):
+            for refs in (int(r) for r in f.refs):
+                rows.append(rerank_against_bound(queries, f.index, refs, f.dim, gflops))
+                print(json.dumps(rows[-1]), flush=True)
         result["rerank"] = rows
         result["bound_gflops"] = gflops
     print(json.dumps(result, sort_keys=True))
 
 
 if __name__ == "__main__":
-    flags.DEFINE_integer("queries", 1129, "Queries.")
+    flags.DEFINE_list("queries", ["1129"], "Query counts, one run per count and refs size.")
     flags.DEFINE_integer("index", 5000, "Index images.")
-    flags.DEFINE_list("refs", ["20000", "50000"], "Reference-set sizes, one run each.")
+    flags.DEFINE_list("refs", ["20000", "50000", "200000"], "Reference-set sizes, one run each.")
     flags.DEFINE_integer("dim", 512, "Feature dimension.")
     flags.DEFINE_bool("gemm_only", False, "Measure the GEMM rates only.")
     app.run(main)

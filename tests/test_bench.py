@@ -64,3 +64,43 @@ def test_timed_accumulates_seconds():
 def test_peak_rss_is_in_gib():
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert timing.peak_rss_gib() == pytest.approx(kib / 2**20, rel=0.05)
+
+
+def test_clustered_problem_has_landmark_structure():
+    p = rerank.clustered_problem(20, 60, 400, 32, refs_per_landmark=10, seed=3)
+    assert p.refs.shape == (400, 32) and p.index.shape == (60, 32) and p.queries.shape == (20, 32)
+    np.testing.assert_allclose(np.linalg.norm(p.refs, axis=1), 1.0, atol=1e-5)
+    # A landmark lies in one country; queries show landmarks of on-landmark index images.
+    for lm in np.unique(p.ref_landmarks):
+        assert len(np.unique(p.ref_countries[p.ref_landmarks == lm])) == 1
+    assert set(p.query_landmarks) <= set(p.index_landmarks[p.index_landmarks >= 0])
+    assert 0 < (p.index_landmarks >= 0).sum() < 60
+    sims = p.queries @ p.refs.T
+    same = p.query_landmarks[:, None] == p.ref_landmarks[None, :]
+    assert sims[same].mean() > 0.3 > 0.1 > abs(sims[~same].mean())
+
+
+def test_approximate_rerank_benchmark_compares_with_exact_and_loop():
+    from benchmarks import rerank_approx
+
+    p = rerank.clustered_problem(6, 80, 600, 16, refs_per_landmark=10, seed=4)
+    r = rerank_approx.compare(p, nprobe=2, nlist=4, loop_queries=2)
+    for key in ("index_tags", "query_tags", "index_tags_on_landmark", "index_tags_distractors"):
+        assert 0.0 <= r["agreement"][key] <= 1.0
+    assert 0.0 <= r["top100_unchanged"] <= 1.0
+    assert 0.0 <= r["map100"]["exact"] <= 1.0 and r["loop_s_all_queries"] > 0
+    # Every list probed: the approximate re-ranking is the exact one.
+    full = rerank_approx.compare(p, nprobe=4, nlist=4, loop_queries=0)
+    assert full["agreement"]["index_tags"] == 1.0 and full["top100_unchanged"] == 1.0
+
+
+def test_rerank_limits_counts_the_inner_products():
+    from benchmarks import rerank_limits
+
+    r = rerank_limits.rerank_against_bound(5, 40, 300, 16, gflops=100.0, seed=1)
+    assert 30 <= r["distinct_top30_refs"] <= 150 and 30 <= r["mean_neighbourhood"] <= 300
+    # Searches + Gram matrices of the local sets + similarities, at least.
+    floor = 2 * 16 * ((5 + 40 + r["distinct_top30_refs"]) * 300 + 5 * 40 + 5 * 31 ** 2)
+    assert r["flop"] >= floor
+    assert r["fraction_of_bound"] == pytest.approx(r["flop"] / 100e9 / r["seconds"], rel=0.05)
+    assert {"reference", "neighbours", "k-reciprocal"} <= set(r["phases_s"])

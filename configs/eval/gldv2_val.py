@@ -17,11 +17,14 @@ list: the ``all`` list holds the validation queries themselves, which are remove
 their options; ``submission_rerank`` is the one written to submission.csv. An ensemble fuses
 with the Landmark-Country re-ranking ``before_merge`` (each model re-ranked with its own tags,
 then the weighted sum: the setting of the GLR2021 submission) unless
-``--config.rerank_options.landmark_country.ensemble=after_merge``.
+``--config.rerank_options.landmark_country.ensemble=after_merge``. Its reference search is
+exact; ``--config.rerank_options.landmark_country.neighbour_search=ivf`` (with ``nprobe``,
+``nlist``) makes it approximate and faster on large reference sets (docs/retrieval.md).
 The outputs go to ``workdir``; empty: ``runs/eval/<config file name>``.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def model(name: str, weight: float = 1.0, size: int = 512, checkpoint: str = ""
@@ -60,7 +63,8 @@ def get_config(model_spec: str | None = None) -> ml_collections.ConfigDict:
     c.rerank_options = ml_collections.ConfigDict({
         "off": {},
         "landmark_country": {"ensemble": "before_merge", "k": 3, "alpha": 1.0, "beta": 0.1,
-                             "query_kreciprocal": True},
+                             "query_kreciprocal": True, "neighbour_search": "exact",
+                             "nprobe": 32, "nlist": config_dict.placeholder(int)},
         "kreciprocal": {"k1": 10, "k2": 3, "lambda_value": 0.3},
     })
     c.top_k = 100

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,7 +42,8 @@ class Tags:
     """Query tags (Q, K) and index tags (N,), as integer codes of landmarks and countries.
 
     query_weights (Q, K) float32: the similarity of each of the K refs over their sum, so that
-    the weight of a tag is the sum over the refs that carry it.
+    the weight of a tag is the sum over the refs that carry it. neighbourhood_sizes (Q,) int:
+    the refs in each query's local set U of the k-reciprocal refinement (None without it).
     """
 
     query_landmarks: np.ndarray
@@ -49,6 +51,7 @@ class Tags:
     query_weights: np.ndarray
     index_landmarks: np.ndarray
     index_countries: np.ndarray
+    neighbourhood_sizes: np.ndarray | None = None
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
@@ -60,19 +63,26 @@ def _codes(values: np.ndarray) -> np.ndarray:
     return inv.astype(np.int64)
 
 
+NeighbourSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""(queries (n, D), k) -> (scores (n, k) descending, reference indices (n, k)): a search over
+the reference set, exact (:class:`search.ExactSearch`) or approximate (:class:`ivf.IVFSearch`)."""
+
+
 def reference_neighbours(query_feats: np.ndarray, index_feats: np.ndarray,
                          ref_feats: np.ndarray, k_query: int, *,
-                         chunk_size: int = search.DEFAULT_CHUNK):
-    """One chunked pass over the reference set.
+                         chunk_size: int = search.DEFAULT_CHUNK,
+                         neighbour_search: NeighbourSearch | None = None):
+    """One search of the query and index rows over the reference set (exact by default).
 
     Returns:
       (query scores (Q, k), query ref indices (Q, k), index top-1 ref indices (N,)).
     """
+    find = neighbour_search or search.ExactSearch(ref_feats, chunk_size)
     q = np.ascontiguousarray(query_feats, np.float32)
     x = np.ascontiguousarray(index_feats, np.float32)
     both = np.concatenate([q, x])
     # Query and index rows are searched together: one read of every reference chunk.
-    s, i = search.topk_inner_product(both, ref_feats, k_query, chunk_size=chunk_size)
+    s, i = find(both, k_query)
     return s[:len(q)], i[:len(q)], i[len(q):, 0]
 
 
@@ -91,13 +101,15 @@ def _sorted_unions(cand: np.ndarray) -> np.ndarray:
 def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
                                top_refs: np.ndarray, *, topk: int = 30, k1: int = 10,
                                k2: int = 3, lambda_value: float = 0.5, batch_size: int = 16,
-                               chunk_size: int = search.DEFAULT_CHUNK
+                               chunk_size: int = search.DEFAULT_CHUNK,
+                               neighbour_search: NeighbourSearch | None = None
                                ) -> tuple[np.ndarray, np.ndarray]:
     """k-reciprocal refined query-to-reference similarity on each query's local set U.
 
     Args:
       query_feats: (Q, D) L2-normalised; ref_feats: (R, D) L2-normalised (memmap allowed).
       top_refs: (Q, >= topk) each query's nearest refs by dot product (best first).
+      neighbour_search: the search of the top refs' own ``topk`` nearest refs (default exact).
     Returns:
       U (Q, M) int64 sorted ref indices padded with -1 and the refined similarity (Q, M)
       float32 (-inf on padding): 1 - ((1 - lambda) * jaccard + lambda * dist).
@@ -107,8 +119,8 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
     first = np.ascontiguousarray(top_refs[:, :t])
     distinct, inv = np.unique(first, return_inverse=True)
     t0 = time.perf_counter()
-    _, nn = search.topk_inner_product(np.asarray(ref_feats[distinct], np.float32), ref_feats, t,
-                                      chunk_size=chunk_size)
+    find = neighbour_search or search.ExactSearch(ref_feats, chunk_size)
+    _, nn = find(np.asarray(ref_feats[distinct], np.float32), t)
     log.info("neighbours of %d distinct top-%d refs: %.1f s", len(distinct), t,
              time.perf_counter() - t0)
     cand = np.concatenate([first, nn[inv.reshape(first.shape)].reshape(len(q), -1)], axis=1)
@@ -140,7 +152,8 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
 def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np.ndarray,
                  ref_landmarks: np.ndarray, ref_countries: np.ndarray, *, k: int = 3,
                  query_kreciprocal: bool = True, topk: int = 30, batch_size: int = 16,
-                 chunk_size: int = search.DEFAULT_CHUNK) -> Tags:
+                 chunk_size: int = search.DEFAULT_CHUNK,
+                 neighbour_search: NeighbourSearch | None = None) -> Tags:
     """Query tags from the top-``k`` refs and index tags from the top-1 ref.
 
     Args:
@@ -150,6 +163,8 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
       k: refs that vote for the query tags; query_kreciprocal: vote with the k-reciprocal
         refined similarity over a top-``topk`` neighbourhood (the reference) instead of dot
         products.
+      neighbour_search: the search over the reference set for both nearest-neighbour steps
+        (the index images' top-1 ref, the top-``topk`` neighbourhoods); default exact.
     """
     if len(ref_landmarks) != ref_feats.shape[0] or len(ref_countries) != ref_feats.shape[0]:
         raise ValueError(f"ref_landmarks ({len(ref_landmarks)}) and ref_countries "
@@ -160,23 +175,26 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
     k = min(k, n_ref)
     kq = min(topk, n_ref) if query_kreciprocal else k
     t0 = time.perf_counter()
+    find = neighbour_search or search.ExactSearch(ref_feats, chunk_size)
     q_s, q_i, index_top1 = reference_neighbours(query_feats, index_feats, ref_feats, kq,
-                                                chunk_size=chunk_size)
+                                                neighbour_search=find)
     log.info("reference search (%d queries + %d index x %d refs): %.1f s", len(q_s),
              len(index_top1), n_ref, time.perf_counter() - t0)
     if query_kreciprocal:
         t0 = time.perf_counter()
         unions, sims = query_reference_refinement(query_feats, ref_feats, q_i, topk=topk,
-                                                  batch_size=batch_size, chunk_size=chunk_size)
+                                                  batch_size=batch_size, neighbour_search=find)
         log.info("k-reciprocal refinement (local sets of up to %d refs): %.1f s",
                  unions.shape[1], time.perf_counter() - t0)
         sel = search.topk_columns(sims, k)
         best = np.take_along_axis(unions, sel, 1)
         best_s = np.take_along_axis(sims, sel, 1)
+        sizes = (unions >= 0).sum(axis=1)
     else:
-        best, best_s = q_i[:, :k], q_s[:, :k]
+        best, best_s, sizes = q_i[:, :k], q_s[:, :k], None
     weights = best_s / best_s.sum(axis=1, keepdims=True)
-    return Tags(lm[best], ct[best], weights.astype(np.float32), lm[index_top1], ct[index_top1])
+    return Tags(lm[best], ct[best], weights.astype(np.float32), lm[index_top1], ct[index_top1],
+                sizes)
 
 
 def apply_tags(sims: np.ndarray, tags: Tags, rows: slice | np.ndarray = slice(None), *,

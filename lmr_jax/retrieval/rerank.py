@@ -42,9 +42,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lmr_jax.registry import Registry
-from lmr_jax.retrieval import kreciprocal, landmark_country, search
+from lmr_jax.retrieval import ivf, kreciprocal, landmark_country, search
 
 ENSEMBLE_MODES = ("before_merge", "after_merge")
+NEIGHBOUR_SEARCHES = ("exact", "ivf")
 QUERY_CHUNK = 128
 
 
@@ -147,19 +148,49 @@ def plain_search(*, query_chunk: int = QUERY_CHUNK) -> Reranker:
     return Reranker("off", rank)
 
 
+def reference_search(model: ModelFeatures, kind: str = "exact", nprobe: int = 32,
+                     nlist: int | None = None) -> landmark_country.NeighbourSearch:
+    """The search over ``model.refs`` for the Landmark-Country tags: "exact" or "ivf".
+
+    The inverted file serves both nearest-neighbour steps, so its ``nlist`` default is sized
+    for Q + N rows and the (at most 30 Q) distinct top-30 refs.
+    """
+    if kind == "exact":
+        return search.ExactSearch(model.refs)
+    num_q, num_x = model.query.shape[0], model.index.shape[0]
+    expected = num_q + num_x + min(30 * num_q, model.refs.shape[0])
+    return ivf.IVFSearch(model.refs, nprobe=nprobe, nlist=nlist, expected_queries=expected)
+
+
 @RERANKERS.register("landmark_country")
 def landmark_country_method(*, ensemble: str = "before_merge", k: int = 3, alpha: float = 1.0,
                             beta: float = 0.1, query_kreciprocal: bool = True,
+                            neighbour_search: str = "exact", nprobe: int = 32,
+                            nlist: int | None = None,
                             query_chunk: int = QUERY_CHUNK) -> Reranker:
-    """Landmark-Country re-ranking, each model with its own tags; ``ensemble`` as above."""
+    """Landmark-Country re-ranking, each model with its own tags; ``ensemble`` as above.
+
+    ``neighbour_search`` is the search over the reference set for the two nearest-neighbour
+    steps (the index images' top-1 ref, the queries' top-30 neighbourhoods): "exact" (the
+    reference's), or "ivf", the approximate inverted file of :mod:`ivf` with ``nprobe`` of
+    ``nlist`` lists probed (``nlist`` None: :func:`ivf.default_nlist`); its agreement with
+    the exact tags is measured in docs/benchmarks.md.
+    """
     if ensemble not in ENSEMBLE_MODES:
         raise ValueError(f"landmark_country: ensemble must be one of {ENSEMBLE_MODES}, "
                          f"got {ensemble!r}")
+    if neighbour_search not in NEIGHBOUR_SEARCHES:
+        raise ValueError(f"landmark_country: neighbour_search must be one of "
+                         f"{NEIGHBOUR_SEARCHES}, got {neighbour_search!r}")
+    if nprobe < 1 or (nlist is not None and nlist < 1):
+        raise ValueError(f"landmark_country: nprobe ({nprobe}) and nlist ({nlist}) must be >= 1")
 
     def rank(models, weights, top_k, references):
         tags = [landmark_country.compute_tags(m.query, m.index, m.refs, references.landmarks,
                                               references.countries, k=k,
-                                              query_kreciprocal=query_kreciprocal)
+                                              query_kreciprocal=query_kreciprocal,
+                                              neighbour_search=reference_search(
+                                                  m, neighbour_search, nprobe, nlist))
                 for m in models]
         sims = _similarities(models)
 

@@ -1,18 +1,26 @@
 """Exact and approximate inner-product search, and fusion of several models.
 
-Exact search is faiss brute force (``faiss.knn``, BLAS matmul + heap selection) run chunk by
-chunk over the database, so a memory-mapped float16 database of millions of rows is never
-converted to float32 whole: memory stays at about ``chunk_size * dim * 4`` bytes plus the
-results. faiss was chosen over ``jnp.dot`` + ``lax.top_k`` and numpy + argpartition because
-it measured fastest on the 2-core CPU (1,129 x 100,000 x 512, top-100: faiss 1.9 s, jnp 2.2 s,
-numpy 2.8 s) and needs no compile per shape.
+Exact search runs chunk by chunk over the database, so a memory-mapped float16 database of
+millions of rows is never converted to float32 whole: memory stays at about
+``chunk_size * dim * 4`` bytes plus the results. Two backends compute it:
 
-Approximate options (faiss IVF-Flat, HNSW-Flat) are for very large databases; use
-:func:`recall_at_k` against the exact result to report what they lose.
+* "jax" (the default): one jitted call per (query block, database chunk) that scans the
+  chunk in blocks of JAX_DB_BLOCK rows, a matrix product then an exact two-stage top-k
+  (:func:`_grouped_topk`) per block, so the scores in memory are one (queries, block) tile;
+* "faiss": ``faiss.knn`` (BLAS + heap selection) per chunk.
+
+On the 2-core development machine the faiss wheel's search ran at 10-18 GFLOP/s against
+25-30 for the jitted one and 40-70 for a bare numpy product in the same runs
+(docs/benchmarks.md, Re-ranking), so "jax" is the default on every platform.
+
+Approximate options: the inverted file of :mod:`lmr_jax.retrieval.ivf` (the re-ranking's
+approximate reference search), and faiss IVF-Flat / HNSW-Flat indexes for very large
+databases; use :func:`recall_at_k` against the exact result to report what they lose.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -25,7 +33,8 @@ if TYPE_CHECKING:
     import faiss
 
 DEFAULT_CHUNK = 1 << 18
-JAX_QUERY_BLOCK = 8192
+JAX_DB_BLOCK = 8192  # database rows per product in the jitted search
+TOPK_GROUP = 32  # columns per group of the two-stage top-k
 
 
 def _faiss():
@@ -51,37 +60,91 @@ def merge_topk(scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray,
     return np.take_along_axis(scores, order, 1), np.take_along_axis(idx, order, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _jax_block_topk(q: jax.Array, chunk: jax.Array, n_valid: jax.Array, k: int):
-    s = jnp.dot(q, chunk.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
-    s = jnp.where(jnp.arange(chunk.shape[0])[None, :] < n_valid, s, -jnp.inf)
-    return jax.lax.top_k(s, k)
+def _grouped_topk(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k of each row of ``scores`` (B, C) through group maxima.
+
+    The top-k of a row lie in the k groups (of ``TOPK_GROUP`` columns) with the largest
+    maxima, so a top-k over C / TOPK_GROUP maxima and one over k * TOPK_GROUP gathered
+    scores replace a top-k over all C, which XLA:CPU does about as slowly as the product
+    that made them. Falls back to ``lax.top_k`` when there are fewer than k groups.
+    """
+    b, c = scores.shape
+    if c % TOPK_GROUP or c // TOPK_GROUP < k:
+        return jax.lax.top_k(scores, k)
+    groups = scores.reshape(b, c // TOPK_GROUP, TOPK_GROUP)
+    _, best_groups = jax.lax.top_k(groups.max(axis=-1), k)
+    best_groups = jnp.sort(best_groups, axis=-1)  # ties keep the lower column first
+    cand = jnp.take_along_axis(groups, best_groups[:, :, None], axis=1).reshape(b, -1)
+    values, pos = jax.lax.top_k(cand, k)
+    cols = jnp.take_along_axis(best_groups, pos // TOPK_GROUP, axis=1) * TOPK_GROUP
+    return values, cols + pos % TOPK_GROUP
 
 
-def _jax_chunk_topk(q: np.ndarray, chunk: np.ndarray, chunk_size: int, k: int):
-    """Top-k of q (Q, D) against one database chunk on the default JAX device."""
+@functools.partial(jax.jit, static_argnames=("k", "block"))
+def _jax_block_topk(q: jax.Array, chunk: jax.Array, n_valid: jax.Array, k: int, block: int):
+    """Top-k of q (B, D) against chunk (nb * block, D), rows >= n_valid masked.
+
+    A scan over blocks of ``block`` rows keeps a running top-k, so the score matrix in
+    memory is (B, block); ties keep the lower row.
+    """
+    d = chunk.shape[1]
+    blocks = chunk.reshape(-1, block, d)
+
+    def step(carry, block_and_start):
+        best_s, best_i = carry
+        rows, start = block_and_start
+        s = jnp.dot(q, rows.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+        col = start + jnp.arange(block)
+        s = jnp.where(col[None, :] < n_valid, s, -jnp.inf)
+        v, c = _grouped_topk(s, min(k, block))
+        all_s = jnp.concatenate([best_s, v], axis=1)
+        all_i = jnp.concatenate([best_i, c + start], axis=1)
+        top_s, pos = jax.lax.top_k(all_s, k)
+        return (top_s, jnp.take_along_axis(all_i, pos, axis=1)), None
+
+    init = (jnp.full((q.shape[0], k), -jnp.inf, jnp.float32),
+            jnp.full((q.shape[0], k), -1, jnp.int32))
+    starts = jnp.arange(blocks.shape[0], dtype=jnp.int32) * block
+    (best_s, best_i), _ = jax.lax.scan(step, init, (blocks, starts))
+    return best_s, best_i
+
+
+def _jax_chunk_topk(q: np.ndarray, chunk: np.ndarray, k: int):
+    """Top-k of q (Q, D) against one database chunk on the default JAX device.
+
+    The chunk is padded to a multiple of the database block (JAX_DB_BLOCK rows, or the
+    chunk rounded up to 256 rows when smaller) and the queries to blocks of
+    :func:`_query_block` rows (fewer queries: rounded up to 128), so a search compiles once
+    per padded shape and k.
+    """
     n = chunk.shape[0]
-    padded = np.zeros((chunk_size, chunk.shape[1]), chunk.dtype)
-    padded[:n] = chunk
-    dev_chunk = jnp.asarray(padded)
+    block = min(JAX_DB_BLOCK, -(-n // 256) * 256)
+    n_pad = -(-n // block) * block
+    if n_pad != n:
+        padded = np.zeros((n_pad, chunk.shape[1]), chunk.dtype)
+        padded[:n] = chunk
+        chunk = padded
+    dev_chunk = jnp.asarray(chunk)
+    qb_rows = min(_query_block(), -(-q.shape[0] // 128) * 128)
     out_s, out_i = [], []
-    for s in range(0, q.shape[0], JAX_QUERY_BLOCK):
-        block = q[s:s + JAX_QUERY_BLOCK]
-        qb = np.zeros((min(JAX_QUERY_BLOCK, q.shape[0]), q.shape[1]), np.float32)
-        qb[:len(block)] = block
-        bs, bi = _jax_block_topk(jnp.asarray(qb), dev_chunk, jnp.int32(n), k)
-        out_s.append(np.asarray(bs)[:len(block)])
-        out_i.append(np.asarray(bi)[:len(block)])
+    for s in range(0, q.shape[0], qb_rows):
+        rows = q[s:s + qb_rows]
+        qb = np.zeros((qb_rows, q.shape[1]), np.float32)
+        qb[:len(rows)] = rows
+        bs, bi = _jax_block_topk(jnp.asarray(qb), dev_chunk, jnp.int32(n), k, block)
+        out_s.append(np.asarray(bs)[:len(rows)])
+        out_i.append(np.asarray(bi)[:len(rows)])
     return np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
 
 
-def default_backend() -> str:
-    """"jax" when JAX has an accelerator, else "faiss" (faster on CPU)."""
-    return "faiss" if jax.default_backend() == "cpu" else "jax"
+def _query_block() -> int:
+    """Query rows per jitted search call: 1,024 on CPU (a (1024, 8192) score block stays in
+    cache-friendly sizes), 8,192 on accelerators."""
+    return 1024 if jax.default_backend() == "cpu" else 8192
 
 
 def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
-                       chunk_size: int = DEFAULT_CHUNK, backend: str | None = None
+                       chunk_size: int = DEFAULT_CHUNK, backend: str = "jax"
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product, chunked over the database.
 
@@ -89,12 +152,11 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
       queries: (Q, D) float array.
       database: (N, D) float array (float16 memory maps are fine: read chunk by chunk).
       k: results per query; if k > N the tail is padded with index -1, score -inf.
-      backend: "faiss" (CPU BLAS) or "jax" (jnp.dot at float32 precision + lax.top_k on the
-        default device, chunks sent as stored, e.g. float16); default :func:`default_backend`.
+      backend: "jax" (jitted product + exact top-k on the default device, chunks sent as
+        stored, e.g. float16) or "faiss" (``faiss.knn``); module docstring.
     Returns:
       scores (Q, k) float32 descending, indices (Q, k) int64 into ``database``.
     """
-    backend = backend or default_backend()
     if backend not in ("faiss", "jax"):
         raise ValueError(f"unknown search backend {backend!r}: use faiss or jax")
     q = _as_f32(queries)
@@ -108,8 +170,7 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
     for start in range(0, n, chunk_size):
         kc = min(k, chunk_size, n - start)
         if backend == "jax":
-            s, i = _jax_chunk_topk(q, np.asarray(database[start:start + chunk_size]),
-                                   min(chunk_size, n), kc)
+            s, i = _jax_chunk_topk(q, np.asarray(database[start:start + chunk_size]), kc)
         else:
             chunk = _as_f32(database[start:start + chunk_size])
             s, i = _faiss().knn(q, chunk, kc, metric=_faiss().METRIC_INNER_PRODUCT)
@@ -120,6 +181,21 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
         else:
             best_s, best_i = merge_topk(best_s, best_i, s, i, k)
     return best_s, best_i
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactSearch:
+    """Exact top-k over one database (:func:`topk_inner_product`), called as ``(queries, k)``;
+    the same call as the approximate :class:`lmr_jax.retrieval.ivf.IVFSearch`."""
+
+    database: np.ndarray
+    chunk_size: int = DEFAULT_CHUNK
+    backend: str = "jax"
+
+    def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k) float32 descending, indices (Q, k) int64)."""
+        return topk_inner_product(queries, self.database, k, chunk_size=self.chunk_size,
+                                  backend=self.backend)
 
 
 def similarity_matrix(queries: np.ndarray, database: np.ndarray, *,
