@@ -11,7 +11,8 @@ The exact method cannot take less time than its inner products divided by the GE
 * one search of the distinct top-30 references of the queries against every reference (their
   own 30 nearest references): U x R x D x 2 FLOP, U <= 30 Q (counted from the problem);
 * the Gram matrix of each query's local set (the query and its n_q neighbourhood refs) for the
-  k-reciprocal refinement: sum_q (n_q + 1)^2 x D x 2 FLOP (n_q <= 930, read from the tags);
+  k-reciprocal refinement, its distinct pairs only: sum_q (n_q + 1)(n_q + 2) / 2 x D x 2 FLOP
+  (n_q <= 930, read from the tags);
 * the query x index similarities: Q x N x D x 2 FLOP.
 
 The top-k passes and the rest of the refinement (neighbour lists, reciprocal sets, Jaccard
@@ -62,8 +63,8 @@ def gemm_rates(dim: int = 512, m: int = 4096, n: int = 20_000, repeats: int = 5
 def rerank_flop(num_queries: int, num_index: int, num_refs: int, num_distinct: int,
                 dim: int, neighbourhood_sizes: np.ndarray | None = None) -> float:
     """The inner products of the exact method (module docstring), in FLOP."""
-    local = 0.0 if neighbourhood_sizes is None else float(
-        np.sum((neighbourhood_sizes.astype(np.float64) + 1.0) ** 2))
+    n = None if neighbourhood_sizes is None else neighbourhood_sizes.astype(np.float64) + 1.0
+    local = 0.0 if n is None else float(np.sum(n * (n + 1.0) / 2.0))
     return 2.0 * dim * ((num_queries + num_index + num_distinct) * num_refs
                         + num_queries * num_index + local)
 

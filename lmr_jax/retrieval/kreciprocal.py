@@ -16,7 +16,7 @@ Two drivers share steps 1-2 (:func:`reciprocal_members`, jnp, no Python loop per
 * :func:`local_query_jaccard`: dense, jitted and batched over many small local sets (the
   query-to-reference refinement of the Landmark-Country re-ranking, sets of <= 931 nodes).
 * :func:`kreciprocal_rerank`: the full re-ranking of queries x index (sparse V in scipy
-  CSR; neighbour lists from exact faiss search) for sets of ~10^5 nodes where a dense
+  CSR; neighbour lists from exact chunked search) for sets of ~10^5 nodes where a dense
   n x n matrix does not fit.
 """
 
@@ -140,7 +140,7 @@ def kreciprocal_rerank(query_feats: np.ndarray, index_feats: np.ndarray, *, k1: 
                        query_chunk: int = 64) -> np.ndarray:
     """Full k-reciprocal re-ranking of queries x index (Zhong et al. 2017).
 
-    The node set is queries followed by index images; neighbour lists come from exact faiss
+    The node set is queries followed by index images; neighbour lists come from exact chunked
     search over that set, V is a sparse CSR matrix (each row has at most
     (k1+1)(kh+2) entries), and the query-to-index overlaps are accumulated column by column
     of V, so memory is O(n k1^2) plus the (Q, N) output.

@@ -2,8 +2,9 @@
 
 Pipeline (Q queries, N index images, R reference images with landmark and country):
 
-1. One pass over the reference set (chunked exact faiss search): each query's top-30 refs
-   and each index image's top-1 ref (-> index landmark / country tags).
+1. One pass over the reference set (chunked exact search, or the approximate inverted file
+   of :mod:`ivf`: ``neighbour_search``): each query's top-30 refs and each index image's
+   top-1 ref (-> index landmark / country tags).
 2. Query-to-reference refinement (``query_kreciprocal=True``): the top-30 refs of every
    distinct top-30 ref (a second chunked pass over R), the local set S = {q} + U with U the
    sorted union, the k-reciprocal Jaccard distance on S (:mod:`kreciprocal`, jitted and
