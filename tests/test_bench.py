@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import loop_rerank, rerank, throughput, timing, torch_side
+from benchmarks import loop_rerank, rerank, throughput, timing, torch_side, xla_cpu_conv
 from lmr_jax.retrieval import landmark_country as lmr_landmark_country
 
 
@@ -34,6 +34,20 @@ def test_torch_throughput_trains_the_reference_model():
     assert r["img_s"] > 0
     changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed > len(before) // 2  # the SGD step really updated the model
+
+
+@pytest.mark.parametrize("case", [
+    xla_cpu_conv.Case("conv3x3_s2_g2", 9, 4, 6, 3, stride=2, groups=2),
+    xla_cpu_conv.Case("dot1x1_s2", 9, 4, 6, 1, stride=2)])
+@pytest.mark.parametrize("which", ["fwd", "wgrad", "dgrad"])
+def test_xla_cpu_conv_times_the_same_arithmetic_on_both_sides(case, which):
+    x, w = xla_cpu_conv.case_inputs(case, batch=2)
+    ours = np.asarray(xla_cpu_conv.jax_case(case, x, w, which)())
+    for channels_last in (False, True):
+        theirs = xla_cpu_conv.torch_case(case, x, w, which, channels_last=channels_last)()
+        axes = (2, 3, 1, 0) if which == "wgrad" else (0, 2, 3, 1)  # OIHW -> HWIO, NCHW -> NHWC
+        np.testing.assert_allclose(ours, theirs.permute(*axes).numpy(), rtol=1e-4, atol=1e-5)
+    assert np.abs(ours).max() > 0.1
 
 
 def test_loop_rerank_agrees_with_the_vectorised_rerank():

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ["scripts/prepare_gldv2.py", "scripts/make_demo_data.py", "scripts/demo.py",
            "scripts/train.py"]
 BENCHMARKS = ["benchmarks.summary", "benchmarks.throughput", "benchmarks.input_pipeline",
-              "benchmarks.rerank", "benchmarks.ann_search", "benchmarks.extraction"]
+              "benchmarks.rerank", "benchmarks.ann_search", "benchmarks.extraction",
+              "benchmarks.xla_cpu_conv"]
 
 
 def _source(command: str) -> str:
