@@ -14,7 +14,8 @@ linearly to all). Agreement of the approximate result with the exact one:
 * index tags: share of index images whose (landmark, country) tag is unchanged, also for the
   index images of a landmark with refs and for the distractors apart;
 * query tags: share of queries whose K (landmark, country) votes are unchanged;
-* top-100: share of queries whose re-ranked top-100 list is unchanged;
+* top-100: share of queries whose re-ranked top-100 list is unchanged, and the mean share of
+  the exact top-100 found in the approximate one;
 * mAP@100 (clustered problem, relevant = index images of the query's landmark): plain search,
   exact and approximate re-ranking.
 
@@ -98,6 +99,8 @@ def compare(problem: ClusteredProblem, nprobe: int, nlist: int | None,
         "agreement": tag_agreement(exact_tags, approx_tags,
                                    p.index_landmarks if has_truth else None),
         "top100_unchanged": float((exact_top == approx_top).all(axis=1).mean()),
+        "top100_overlap": float(np.mean([len(np.intersect1d(a, b)) / a.size for a, b in
+                                         zip(exact_top, approx_top, strict=True)])),
     }
     if has_truth:
         res["map100"] = {"plain": map_at_100(plain_top, p), "exact": map_at_100(exact_top, p),
