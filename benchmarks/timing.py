@@ -16,8 +16,8 @@ import numpy as np
 GIB = 2**30
 
 
-def median_seconds(fn: Callable[[], Any], *, steps: int, warmup: int) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``steps`` calls after ``warmup`` untimed ones.
+def call_seconds(fn: Callable[[], Any], *, steps: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of each of ``steps`` calls of ``fn()`` after ``warmup`` untimed ones.
 
     ``fn`` must block until its work is done (``block_until_ready``, CUDA synchronise).
     """
@@ -28,7 +28,12 @@ def median_seconds(fn: Callable[[], Any], *, steps: int, warmup: int) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], *, steps: int, warmup: int) -> float:
+    """Median of :func:`call_seconds`."""
+    return float(np.median(call_seconds(fn, steps=steps, warmup=warmup)))
 
 
 def images_per_second(step: Callable[[], Any], batch: int, repeats: int = 10,

@@ -18,12 +18,13 @@ process, one JSON object per case::
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks.timing import call_seconds
 
 _SIDE = flags.DEFINE_enum("side", "jax", ["jax", "torch"], "Which implementation to time.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Batch of every case.")
@@ -134,13 +135,7 @@ def torch_case(case: Case, x: np.ndarray, w: np.ndarray, which: str, *,
 
 def _milliseconds(fn: Callable[[], Any], steps: int, warmup: int) -> tuple[float, float]:
     """(median, minimum) wall-clock milliseconds of ``fn()``, which blocks until done."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
+    times = 1e3 * np.asarray(call_seconds(fn, steps=steps, warmup=warmup))
     return float(np.median(times)), float(np.min(times))
 
 

@@ -4,12 +4,7 @@ import numpy as np
 import pytest
 
 from lmr_jax.retrieval import ivf, rerank
-from tests.test_rerank import slow_landmark_country
-
-
-def _unit(rng, n, d):
-    x = rng.standard_normal((n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from tests.test_rerank import _unit, slow_landmark_country
 
 
 @pytest.fixture(scope="module")
