@@ -117,3 +117,18 @@ def test_float16_memmap_database(tmp_path, data):
     s, i = ivf.ivf_topk(q, mm, lists, 10, nprobe=8)
     _, i_ref = _brute_topk(q, np.arange(len(db)), np.asarray(mm, np.float32), 10)
     np.testing.assert_array_equal(i, i_ref)
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_tied_rows_every_list_probed_give_the_exact_scores(data, k):
+    """Duplicated database rows tie exactly (inside one list, as they share a centroid): the
+    scores are the exact top-k and every index is a distinct row with that score."""
+    q, db = data
+    db = np.concatenate([db, db[:300], db[:100]])
+    lists = ivf.build_inverted_file(db, 12)
+    s, i = ivf.ivf_topk(q, db, lists, k, nprobe=12)
+    s_ref, _ = _brute_topk(q, np.arange(len(db)), db, k)
+    np.testing.assert_allclose(s, s_ref, atol=1e-5)
+    true = np.take_along_axis(q.astype(np.float64) @ db.astype(np.float64).T, i, 1)
+    np.testing.assert_allclose(true, s, atol=1e-5)
+    assert all(len(set(row)) == k for row in i)

@@ -14,10 +14,11 @@ def _unit(rng, n, d):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def slow_jaccard(feats, k1=10, k2=3):
+def slow_jaccard(feats, k1=10, k2=3, rows=None):
     """Zhong et al.'s k-reciprocal Jaccard distance on a small set, plain loops, float64.
 
-    Returns the (n, n) matrix of dist = 1 - (cos+1)/2 and the (n, n) Jaccard distances.
+    Returns the (n, n) matrix of dist = 1 - (cos+1)/2 and the (n, n) Jaccard distances
+    (only the given ``rows`` of it are filled when ``rows`` is set).
     """
     f = np.asarray(feats, np.float64)
     n = len(f)
@@ -45,7 +46,7 @@ def slow_jaccard(feats, k1=10, k2=3):
         for c in range(n):
             vqe[i][c] = sum(v[j][c] for j in nbrs) / len(nbrs)
     jac = np.zeros((n, n))
-    for i in range(n):
+    for i in range(n) if rows is None else rows:
         for j in range(n):
             m = sum(min(vqe[i][c], vqe[j][c]) for c in range(n))
             jac[i][j] = 1.0 - m / (2.0 - m)
@@ -71,7 +72,7 @@ def slow_landmark_country(q, x, refs, lms, cts, k=3, alpha=1.0, beta=0.1, kr=Tru
                 ct = refs64 @ refs64[t]
                 u |= set(sorted(range(len(refs)), key=lambda r, ct=ct: (-ct[r], r))[:topk])
             u = sorted(u)
-            _, jac = slow_jaccard(np.concatenate([feat[None], refs64[u]]))
+            _, jac = slow_jaccard(np.concatenate([feat[None], refs64[u]]), rows=[0])
             refined = {}
             for r in range(len(refs)):
                 d = 1.0 - (cos[r] + 1.0) / 2.0
@@ -121,6 +122,23 @@ def test_local_jaccard_matches_slow(case):
     np.testing.assert_allclose(jac[1, :41], jac_ref[0], atol=1e-5)
 
 
+def test_local_jaccard_large_sets_with_ties():
+    """Sets of hundreds of nodes on lattice features: exact products and many exactly tied
+    distances, so neighbour lists and reciprocal sets depend on the tie rule."""
+    rng = np.random.default_rng(11)
+    x = np.zeros((2, 448, 6), np.float32)
+    x[0, :401] = rng.integers(-3, 4, size=(401, 6)) / 8.0
+    x[1, :300] = x[0, 50:350]
+    valid = np.zeros((2, 448), bool)
+    valid[0, :401] = True
+    valid[1, :300] = True
+    dist, jac = kreciprocal.local_query_jaccard(x, valid)
+    for b, n in ((0, 401), (1, 300)):
+        dist_ref, jac_ref = slow_jaccard(x[b, :n], rows=[0])
+        np.testing.assert_allclose(dist[b, :n], dist_ref[0], atol=1e-6)
+        np.testing.assert_allclose(jac[b, :n], jac_ref[0], atol=1e-5)
+
+
 @pytest.mark.parametrize("kr", [True, False])
 def test_landmark_country_rerank_matches_slow(case, kr):
     q, x, refs, lms, cts = case
@@ -133,6 +151,30 @@ def test_landmark_country_rerank_matches_slow(case, kr):
                                   np.argsort(-slow, 1, kind="stable"))
     # The bonus is active: some index images moved.
     assert np.abs(fast - q @ x.T).max() > 0.1
+
+
+def test_local_sets_of_mixed_sizes_match_slow():
+    """Queries inside a tight cluster of refs have small local sets, the others large ones:
+    with two queries a batch, batches are padded to different sizes."""
+    rng = np.random.default_rng(8)
+    d = 12
+    centre = _unit(rng, 1, d)
+    cluster = centre + 0.05 * rng.standard_normal((40, d))
+    refs = np.concatenate([cluster / np.linalg.norm(cluster, axis=1, keepdims=True),
+                           _unit(rng, 160, d)]).astype(np.float32)
+    near = centre + 0.05 * rng.standard_normal((3, d))
+    q = np.concatenate([near / np.linalg.norm(near, axis=1, keepdims=True),
+                        _unit(rng, 3, d)]).astype(np.float32)[[0, 3, 1, 4, 2, 5]]
+    x = _unit(rng, 20, d)
+    lms = rng.integers(0, 5, size=200)
+    cts = rng.choice(np.array(["FR", "DE", "IT"]), size=200)
+    tags = landmark_country.compute_tags(q, x, refs, lms, cts, batch_size=2)
+    sizes = tags.neighbourhood_sizes
+    padded = -(-(sizes + 1) // landmark_country.LOCAL_SET_ROUND)  # in units of the rounding
+    assert padded.min() < padded.max(), sizes
+    fast = landmark_country.apply_tags(q @ x.T, tags)
+    slow = slow_landmark_country(q, x, refs, lms, cts)
+    np.testing.assert_allclose(fast, slow, atol=2e-5)
 
 
 def test_topk_variant_and_chunking(case):

@@ -121,6 +121,30 @@ def build_inverted_file(database: np.ndarray, nlist: int, *, niter: int = 5,
     return InvertedFile(centroids, offsets, members)
 
 
+def _row_top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """(M, k) columns of the k largest scores of each row of ``scores`` (M, L), any order.
+
+    k == 1 is an argmax. Otherwise the k-th largest value of each row comes from a partition
+    of the values (about 3x faster than ``argpartition`` here) and the columns at or above it
+    are the result; rows with a tie at that value (more than k such columns) go through
+    ``argpartition`` instead.
+    """
+    m, length = scores.shape
+    if k >= length:
+        return np.broadcast_to(np.arange(length), (m, length))
+    if k == 1:
+        return np.argmax(scores, axis=1)[:, None]
+    kth = np.partition(scores, length - k, axis=1)[:, length - k]
+    keep = scores >= kth[:, None]
+    counts = keep.sum(axis=1)
+    cols = np.empty((m, k), np.int64)
+    plain = counts == k
+    cols[plain] = np.nonzero(keep[plain])[1].reshape(-1, k)
+    if not plain.all():
+        cols[~plain] = np.argpartition(-scores[~plain], k - 1, axis=1)[:, :k]
+    return cols
+
+
 def ivf_topk(queries: np.ndarray, database: np.ndarray, ivf: InvertedFile, k: int, *,
              nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-k by inner product: each query against the ``nprobe`` lists nearest it.
@@ -156,11 +180,8 @@ def ivf_topk(queries: np.ndarray, database: np.ndarray, ivf: InvertedFile, k: in
             qi, slot = pair // nprobe, pair % nprobe
             scores = qb[qi] @ np.asarray(database[rows], np.float32).T
             kc = min(k, len(rows))
-            if kc < len(rows):
-                cols = np.argpartition(-scores, kc - 1, axis=1)[:, :kc]
-                scores = np.take_along_axis(scores, cols, 1)
-            else:
-                cols = np.broadcast_to(np.arange(kc), scores.shape)
+            cols = _row_top_columns(scores, kc)
+            scores = np.take_along_axis(scores, cols, 1)
             cand_s[qi, slot, :kc] = scores
             cand_i[qi, slot, :kc] = rows[cols]
         best_s, sel = search.topk_from_scores(cand_s.reshape(len(qb), -1), k)

@@ -113,9 +113,9 @@ def _jax_chunk_topk(q: np.ndarray, chunk: np.ndarray, k: int):
     """Top-k of q (Q, D) against one database chunk on the default JAX device.
 
     The chunk is padded to a multiple of the database block (JAX_DB_BLOCK rows, or the
-    chunk rounded up to 256 rows when smaller) and the queries to blocks of
-    :func:`_query_block` rows (fewer queries: rounded up to 128), so a search compiles once
-    per padded shape and k.
+    chunk rounded up to 256 rows when smaller) and the queries to equal blocks of at most
+    :func:`_query_block` rows, rounded up to 128, so a search compiles once per padded shape
+    and k.
     """
     n = chunk.shape[0]
     block = min(JAX_DB_BLOCK, -(-n // 256) * 256)
@@ -125,7 +125,10 @@ def _jax_chunk_topk(q: np.ndarray, chunk: np.ndarray, k: int):
         padded[:n] = chunk
         chunk = padded
     dev_chunk = jnp.asarray(chunk)
-    qb_rows = min(_query_block(), -(-q.shape[0] // 128) * 128)
+    # Equal blocks of at most _query_block() rows, rounded up to 128 rows.
+    num_blocks = -(-q.shape[0] // _query_block())
+    per_block = -(-q.shape[0] // num_blocks)
+    qb_rows = -(-per_block // 128) * 128
     out_s, out_i = [], []
     for s in range(0, q.shape[0], qb_rows):
         rows = q[s:s + qb_rows]
