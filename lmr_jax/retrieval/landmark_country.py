@@ -18,7 +18,7 @@ Pipeline (Q queries, N index images, R reference images with landmark and countr
 Memory is bounded by the chunk sizes: the reference set is read chunk by chunk (it can be a
 float16 memory map), the local sets are processed ``batch_size`` queries at a time, in
 order of size and padded per batch (to a multiple of LOCAL_SET_ROUND nodes; each padded
-size is one compilation of the jitted refinement, about 1 s on a 2-core CPU, so the
+size is one compilation of the jitted refinement, 0.5-1 s on a 2-core CPU, so the
 rounding trades padding against compilations).
 
 Ensembles (each model's own tags, fused with the model weights) and the top-k driver are in
@@ -81,8 +81,9 @@ def reference_neighbours(query_feats: np.ndarray, index_feats: np.ndarray,
     """The queries' top-``k_query`` and the index images' top-1 refs (exact by default).
 
     The two are separate searches: the index images (most of the rows) need one neighbour
-    each, and selecting 1 instead of ``k_query`` per row is most of the cost of the
-    approximate search.
+    each, and selecting ``k_query`` for them was about 40 % of the approximate search's time
+    (docs/benchmarks.md, Re-ranking). The price is a second read of the reference set: a
+    float16 memory map larger than the page cache is read from disk twice.
 
     Returns:
       (query scores (Q, k), query ref indices (Q, k), index top-1 ref indices (N,)).
