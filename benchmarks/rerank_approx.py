@@ -4,6 +4,7 @@
     python -m benchmarks.rerank_approx --problem uniform    # random unit vectors (worst case)
     python -m benchmarks.rerank_approx --refs 20000 --index 5000 --loop_queries 0
     python -m benchmarks.rerank_approx --mode full --ref_path /big/refs_f16.npy   # GLDv2 scale
+    python -m benchmarks.rerank_approx --graph_dir /tmp/graphs   # also with cached graphs
 
 ``--mode compare`` runs, on the same features and in one process: the exact re-ranking, the
 approximate one (``neighbour_search="ivf"``, ``--nprobe`` of ``--nlist`` lists) and, unless
@@ -18,6 +19,12 @@ linearly to all). Agreement of the approximate result with the exact one:
   the exact top-100 found in the approximate one;
 * mAP@100 (clustered problem, relevant = index images of the query's landmark): plain search,
   exact and approximate re-ranking.
+
+With ``--graph_dir``, the re-ranking runs three more times reading a reference graph (every
+ref's top-30 refs, :mod:`lmr_jax.retrieval.reference_graph`) from that folder: exact with the
+exact graph, approximate with the approximate graph, approximate with the exact graph
+(``GRAPH_VARIANTS``). Building a missing graph is timed apart (``graph_build_s``), as the
+one-time cost that later runs on the same references do not pay.
 
 ``--mode full`` times the approximate re-ranking at GLDv2 scale (float16 memory-mapped refs,
 written once) with its peak RSS, and checks the index tags of ``--check_index`` random index
@@ -37,18 +44,27 @@ from benchmarks.loop_rerank import loop_index_tags, loop_query_rerank
 from benchmarks.rerank import ClusteredProblem, clustered_problem, random_problem
 from benchmarks.timing import peak_rss_gib
 from lmr_jax.retrieval import landmark_country, metrics, search
-from lmr_jax.retrieval.rerank import ModelFeatures, reference_search
+from lmr_jax.retrieval.rerank import ModelFeatures, cached_reference_graph, reference_search
 
 TOP_K = 100
 
 
-def _rerank(problem: ClusteredProblem, kind: str, nprobe: int, nlist: int | None):
-    """(tags, top-100 index rows (Q, 100), seconds) of one Landmark-Country re-ranking."""
+def _rerank(problem: ClusteredProblem, kind: str, nprobe: int, nlist: int | None,
+            graph_dir: str | None = None, graph_kind: str | None = None):
+    """(tags, top-100 index rows (Q, 100), seconds) of one Landmark-Country re-ranking; with
+    ``graph_dir``, the reference graph built by the search ``graph_kind`` is read from there
+    (built there if missing)."""
     p = problem
+    model = ModelFeatures(p.queries, p.index, p.refs)
     t0 = time.perf_counter()
-    find = reference_search(ModelFeatures(p.queries, p.index, p.refs), kind, nprobe, nlist)
+    find = reference_search(model, kind, nprobe, nlist)
+    graph = None
+    if graph_dir:
+        graph = cached_reference_graph(model, graph_kind or kind, graph_dir, nprobe=nprobe,
+                                       nlist=nlist, run_search=find)
     tags = landmark_country.compute_tags(p.queries, p.index, p.refs, p.ref_landmarks,
-                                         p.ref_countries, neighbour_search=find)
+                                         p.ref_countries, neighbour_search=find,
+                                         ref_graph=graph)
     scores = landmark_country.apply_tags(search.similarity_matrix(p.queries, p.index), tags)
     _, top = search.topk_from_scores(scores, TOP_K)
     return tags, top, time.perf_counter() - t0
@@ -81,14 +97,42 @@ def tag_agreement(exact: landmark_country.Tags, approx: landmark_country.Tags,
     return out
 
 
+GRAPH_VARIANTS = {"exact": ("exact", "exact"), "ivf": ("ivf", "ivf"),
+                  "ivf_exact_graph": ("ivf", "exact")}  # name: (search, graph's search)
+
+
+def _with_graph(problem: ClusteredProblem, kind: str, graph_kind: str, nprobe: int,
+                nlist: int | None, graph_dir: str
+                ) -> tuple[landmark_country.Tags, np.ndarray, float, float]:
+    """(tags, top-100, seconds of the re-ranking reading the graph, seconds of building it
+    (of reading it, if an earlier variant built it))."""
+    t0 = time.perf_counter()
+    model = ModelFeatures(problem.queries, problem.index, problem.refs)
+    cached_reference_graph(model, graph_kind, graph_dir, nprobe=nprobe, nlist=nlist)
+    build_s = time.perf_counter() - t0
+    tags, top, seconds = _rerank(problem, kind, nprobe, nlist, graph_dir, graph_kind)
+    return tags, top, seconds, build_s
+
+
 def compare(problem: ClusteredProblem, nprobe: int, nlist: int | None,
-            loop_queries: int) -> dict:
-    """Exact, approximate and (optionally) loop re-ranking of one problem, in this process."""
+            loop_queries: int, graph_dir: str | None = None) -> dict:
+    """Exact, approximate and (optionally) loop re-ranking of one problem, in this process;
+    with ``graph_dir`` both again reading a reference graph cached there."""
     p = problem
     exact_tags, exact_top, exact_s = _rerank(p, "exact", nprobe, nlist)
     print(json.dumps({"exact_s": round(exact_s, 1)}), flush=True)
     approx_tags, approx_top, approx_s = _rerank(p, "ivf", nprobe, nlist)
     print(json.dumps({"approx_s": round(approx_s, 1)}), flush=True)
+    graph = {}
+    if graph_dir:
+        for name, (kind, graph_kind) in GRAPH_VARIANTS.items():
+            tags, top, seconds, build_s = _with_graph(p, kind, graph_kind, nprobe, nlist,
+                                                      graph_dir)
+            graph[name] = {"s": round(seconds, 2), "graph_build_s": round(build_s, 1),
+                           "agreement": tag_agreement(exact_tags, tags, p.index_landmarks if
+                                                      (p.query_landmarks >= 0).any() else None),
+                           "top100_unchanged": float((exact_top == top).all(axis=1).mean())}
+            print(json.dumps({f"{name}_with_graph": graph[name]}), flush=True)
     _, plain_top = search.topk_from_scores(search.similarity_matrix(p.queries, p.index), TOP_K)
     has_truth = bool((p.query_landmarks >= 0).any())
     res = {
@@ -105,6 +149,8 @@ def compare(problem: ClusteredProblem, nprobe: int, nlist: int | None,
     if has_truth:
         res["map100"] = {"plain": map_at_100(plain_top, p), "exact": map_at_100(exact_top, p),
                          "approx": map_at_100(approx_top, p)}
+    if graph:
+        res["with_graph"] = graph
     if loop_queries:
         nl = min(loop_queries, len(p.queries))
         t0 = time.perf_counter()
@@ -119,6 +165,8 @@ def compare(problem: ClusteredProblem, nprobe: int, nlist: int | None,
                     "loop_query_s": round(t_query, 1), "loop_s_all_queries": round(loop_all, 1),
                     "exact_speedup_vs_loop": round(loop_all / exact_s, 1),
                     "approx_speedup_vs_loop": round(loop_all / approx_s, 1)})
+        for g in graph.values():
+            g["speedup_vs_loop"] = round(loop_all / g["s"], 1)
     return res
 
 
@@ -162,7 +210,7 @@ def main(argv: list[str]) -> None:
             q, x, r, lms, cts = random_problem(f.queries, index, refs, f.dim)
             problem = ClusteredProblem(q, x, r, lms, cts, np.full(len(q), -1),
                                        np.full(len(x), -1))
-        res = compare(problem, f.nprobe, f.nlist, f.loop_queries)
+        res = compare(problem, f.nprobe, f.nlist, f.loop_queries, f.graph_dir)
         res["problem"] = f.problem
     print(json.dumps(res, sort_keys=True))
 
@@ -179,6 +227,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("nlist", None, "Lists (default lmr_jax.retrieval.ivf.default_nlist).")
     flags.DEFINE_integer("loop_queries", 200, "Queries of the per-query loop (extrapolated to "
                          "all); 0 skips the loop.")
+    flags.DEFINE_string("graph_dir", None, "Compare mode: also re-rank (exact and approximate) "
+                        "reading reference graphs cached in this folder, built there first "
+                        "(timed apart) if missing.")
     flags.DEFINE_integer("check_index", 2000, "Full mode: index images checked against exact.")
     flags.DEFINE_string("ref_path", None, "Full mode: float16 .npy of the refs (written once if "
                         "missing, ~5 GB for 4.9 M).")

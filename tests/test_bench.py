@@ -108,6 +108,20 @@ def test_approximate_rerank_benchmark_compares_with_exact_and_loop():
     assert full["agreement"]["index_tags"] == 1.0 and full["top100_unchanged"] == 1.0
 
 
+def test_approximate_rerank_benchmark_with_cached_graphs(tmp_path):
+    from benchmarks import rerank_approx
+
+    p = rerank.clustered_problem(6, 80, 600, 16, refs_per_landmark=10, seed=4)
+    r = rerank_approx.compare(p, nprobe=4, nlist=4, loop_queries=2, graph_dir=str(tmp_path))
+    assert sorted(r["with_graph"]) == ["exact", "ivf", "ivf_exact_graph"]
+    for g in r["with_graph"].values():  # exact graph, or every list probed: no change
+        assert g["agreement"]["index_tags"] == 1.0 and g["agreement"]["query_tags"] == 1.0
+        assert g["top100_unchanged"] == 1.0
+        assert g["graph_build_s"] >= 0 and g["s"] > 0 and g["speedup_vs_loop"] > 0
+    names = sorted(f.name for f in tmp_path.iterdir())  # the third variant reused the exact graph
+    assert len(names) == 2 and "_exact_k30" in names[0] and "_ivf4-probe4-seed0_k30" in names[1]
+
+
 def test_rerank_limits_counts_the_inner_products():
     from benchmarks import rerank_limits
 

@@ -1,8 +1,10 @@
 """Re-ranking against slow, obviously-correct transcriptions of docs/reference.md
 (Re-ranking) / Zhong et al."""
 
+import logging
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -194,3 +196,24 @@ def test_full_kreciprocal_matches_slow():
     dist, jac = slow_jaccard(np.concatenate([q, x]), k1=6, k2=3)
     slow = 1.0 - (0.7 * jac[:4, 4:] + 0.3 * dist[:4, 4:])
     np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_compile_ahead_compiles_each_shape_once_for_the_later_calls(caplog):
+    def compilations():
+        return sum("Finished XLA compilation of jit(_local_query_jaccard)" in r.getMessage()
+                   for r in caplog.records)
+
+    rng = np.random.default_rng(1)
+    x = _unit(rng, 48, 5).reshape(2, 24, 5)
+    with jax.log_compiles(), caplog.at_level(logging.DEBUG):
+        futures = kreciprocal.compile_ahead([(2, 24, 5), (2, 24, 5), (2, 40, 5)])
+        assert sorted(futures) == [(2, 24, 5), (2, 40, 5)]
+        for f in futures.values():
+            f.result()
+        assert compilations() == 2
+        dist, jac = kreciprocal.local_query_jaccard(x, np.ones((2, 24), bool))
+        assert compilations() == 2  # the call found the shape compiled
+        kreciprocal.local_query_jaccard(x[:, :20], np.ones((2, 20), bool))
+        assert compilations() == 3  # a shape not compiled ahead: the count sees compilations
+    _, jac_ref = slow_jaccard(x[1], rows=[0])
+    np.testing.assert_allclose(jac[1], jac_ref[0], atol=1e-5)

@@ -20,6 +20,9 @@ then the weighted sum: the setting of the GLR2021 submission) unless
 ``--config.rerank_options.landmark_country.ensemble=after_merge``. Its reference search is
 exact; ``--config.rerank_options.landmark_country.neighbour_search=ivf`` (with ``nprobe``,
 ``nlist``) makes it approximate and faster on large reference sets (docs/retrieval.md).
+``--config.rerank_options.landmark_country.reference_graph_dir=DIR`` caches each model's
+reference graph (every ref's top-30 refs) in DIR on the first run and reads it in later ones
+(built by the same search, or by ``reference_graph_search=exact``: exact neighbourhoods).
 The outputs go to ``workdir``; empty: ``runs/eval/<config file name>``.
 """
 
@@ -64,7 +67,9 @@ def get_config(model_spec: str | None = None) -> ml_collections.ConfigDict:
         "off": {},
         "landmark_country": {"ensemble": "before_merge", "k": 3, "alpha": 1.0, "beta": 0.1,
                              "query_kreciprocal": True, "neighbour_search": "exact",
-                             "nprobe": 32, "nlist": config_dict.placeholder(int)},
+                             "nprobe": 32, "nlist": config_dict.placeholder(int),
+                             "reference_graph_dir": config_dict.placeholder(str),
+                             "reference_graph_search": config_dict.placeholder(str)},
         "kreciprocal": {"k1": 10, "k2": 3, "lambda_value": 0.3},
     })
     c.top_k = 100

@@ -206,10 +206,20 @@ class IVFSearch:
     seed: int = 0
     _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def num_lists(self) -> int:
+        """``nlist``, or the :func:`default_nlist` it stands for."""
+        return self.nlist or default_nlist(self.expected_queries, self.database.shape[0],
+                                           self.nprobe)
+
+    @property
+    def cache_key(self) -> str:
+        """Names the search in cached results (:mod:`reference_graph`): lists, probes, seed."""
+        return f"ivf{self.num_lists}-probe{min(self.nprobe, self.num_lists)}-seed{self.seed}"
+
     def inverted_file(self) -> InvertedFile:
         if "ivf" not in self._cache:
-            nlist = self.nlist or default_nlist(self.expected_queries, self.database.shape[0],
-                                                self.nprobe)
+            nlist = self.num_lists
             t0 = time.perf_counter()
             self._cache["ivf"] = build_inverted_file(self.database, nlist, seed=self.seed)
             log.info("inverted file: %d lists over %d rows: %.1f s", nlist,

@@ -16,10 +16,12 @@ Pipeline (Q queries, N index images, R reference images with landmark and countr
 4. final(q, i) = dot(q, i) + alpha * weight_q(landmark(i)) + beta * weight_q(country(i)).
 
 Memory is bounded by the chunk sizes: the reference set is read chunk by chunk (it can be a
-float16 memory map), the local sets are processed ``batch_size`` queries at a time, in
-order of size and padded per batch (to a multiple of LOCAL_SET_ROUND nodes; each padded
-size is one compilation of the jitted refinement, 0.5-1 s on a 2-core CPU, so the
-rounding trades padding against compilations).
+float16 memory map), the local sets are processed ``batch_size`` queries at a time
+(REFINE_THREADS batches at once), in order of size and padded per batch (to a multiple of
+LOCAL_SET_ROUND nodes; each padded size is one compilation of the jitted refinement, about
+0.4 s on a 2-core CPU, done in a background thread ahead of its first batch, so the
+rounding trades padding against compilations). With a reference graph
+(:mod:`reference_graph`) the second step of the neighbourhoods is read, not searched.
 
 Ensembles (each model's own tags, fused with the model weights) and the top-k driver are in
 :mod:`lmr_jax.retrieval.rerank` (method ``landmark_country``). The settings of the GLR2021
@@ -33,6 +35,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -41,6 +44,10 @@ from lmr_jax.retrieval import kreciprocal, search
 log = logging.getLogger(__name__)
 
 LOCAL_SET_ROUND = 128  # local sets are padded to a multiple of this many nodes
+# Local-set batches run in this many threads: one batch's single-threaded parts (top-k,
+# gathers, host copies) overlap another's Gram matrix (20 % faster than one on 2 cores).
+REFINE_THREADS = 2
+TOP_REFS = 30  # the neighbourhood of the k-reciprocal refinement: top-30 refs, and theirs
 
 
 @dataclasses.dataclass
@@ -107,10 +114,11 @@ def _sorted_unions(cand: np.ndarray) -> np.ndarray:
 
 
 def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
-                               top_refs: np.ndarray, *, topk: int = 30, k1: int = 10,
+                               top_refs: np.ndarray, *, topk: int = TOP_REFS, k1: int = 10,
                                k2: int = 3, lambda_value: float = 0.5, batch_size: int = 16,
                                chunk_size: int = search.DEFAULT_CHUNK,
-                               neighbour_search: NeighbourSearch | None = None
+                               neighbour_search: NeighbourSearch | None = None,
+                               ref_graph: np.ndarray | None = None
                                ) -> tuple[np.ndarray, np.ndarray]:
     """k-reciprocal refined query-to-reference similarity on each query's local set U.
 
@@ -118,6 +126,8 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
       query_feats: (Q, D) L2-normalised; ref_feats: (R, D) L2-normalised (memmap allowed).
       top_refs: (Q, >= topk) each query's nearest refs by dot product (best first).
       neighbour_search: the search of the top refs' own ``topk`` nearest refs (default exact).
+      ref_graph: (R, >= topk) every ref's nearest refs, best first (:mod:`reference_graph`):
+        read instead of searching.
     Returns:
       U (Q, M) int64 sorted ref indices padded with -1 and the refined similarity (Q, M)
       float32 (-inf on padding): 1 - ((1 - lambda) * jaccard + lambda * dist).
@@ -127,9 +137,17 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
     first = np.ascontiguousarray(top_refs[:, :t])
     distinct, inv = np.unique(first, return_inverse=True)
     t0 = time.perf_counter()
-    find = neighbour_search or search.ExactSearch(ref_feats, chunk_size)
-    _, nn = find(np.asarray(ref_feats[distinct], np.float32), t)
-    log.info("neighbours of %d distinct top-%d refs: %.1f s", len(distinct), t,
+    if ref_graph is not None:
+        if ref_graph.shape[0] != ref_feats.shape[0] or ref_graph.shape[1] < t:
+            raise ValueError(f"ref_graph of shape {ref_graph.shape}, expected "
+                             f"({ref_feats.shape[0]}, >= {t})")
+        nn = np.asarray(ref_graph[distinct, :t], np.int64)
+        source = "read from the reference graph"
+    else:
+        find = neighbour_search or search.ExactSearch(ref_feats, chunk_size)
+        _, nn = find(np.asarray(ref_feats[distinct], np.float32), t)
+        source = "searched"
+    log.info("neighbours of %d distinct top-%d refs (%s): %.1f s", len(distinct), t, source,
              time.perf_counter() - t0)
     cand = np.concatenate([first, nn[inv.reshape(first.shape)].reshape(len(q), -1)], axis=1)
     unions = _sorted_unions(cand)
@@ -141,11 +159,15 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
     # largest one. On 1,129 x 200,000 clustered features, rounding to 64 / 128 / 256 / one
     # size for all took 21 / 13 / 15 / 16 s (docs/benchmarks.md).
     order = np.argsort(sizes, kind="stable")
+    starts = range(0, nq, batch_size)
+    padded = [-(-(int(sizes[order[s:s + batch_size]].max()) + 1) // LOCAL_SET_ROUND)
+              * LOCAL_SET_ROUND for s in starts]
+    compiled = kreciprocal.compile_ahead([(batch_size, n, q.shape[1]) for n in padded], k1, k2)
     sims = np.full((nq, width), -np.inf, np.float32)
-    for s in range(0, nq, batch_size):
+
+    def refine_batch(s: int, n_pad: int) -> None:
         rows_q = order[s:s + batch_size]
         b = len(rows_q)
-        n_pad = -(-(int(sizes[rows_q].max()) + 1) // LOCAL_SET_ROUND) * LOCAL_SET_ROUND
         w = n_pad - 1
         u = unions[rows_q, :w]
         idx = np.full((batch_size, w), -1, np.int64)
@@ -160,18 +182,23 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
         feats = np.zeros((flat.size, q.shape[1]), np.float32)
         feats[ok] = ref_feats[flat[ok]]
         x[:, 1:] = feats.reshape(batch_size, w, -1)
+        compiled[(batch_size, n_pad, q.shape[1])].result()
         dist, jac = kreciprocal.local_query_jaccard(x, valid, k1, k2)
         cols = slice(1, u.shape[1] + 1)
         final = 1.0 - ((1.0 - lambda_value) * jac[:b, cols] + lambda_value * dist[:b, cols])
         sims[rows_q, :u.shape[1]] = np.where(u >= 0, final, -np.inf)
+
+    with ThreadPoolExecutor(REFINE_THREADS) as pool:
+        list(pool.map(refine_batch, starts, padded))
     return unions, sims
 
 
 def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np.ndarray,
                  ref_landmarks: np.ndarray, ref_countries: np.ndarray, *, k: int = 3,
-                 query_kreciprocal: bool = True, topk: int = 30, batch_size: int = 16,
+                 query_kreciprocal: bool = True, topk: int = TOP_REFS, batch_size: int = 16,
                  chunk_size: int = search.DEFAULT_CHUNK,
-                 neighbour_search: NeighbourSearch | None = None) -> Tags:
+                 neighbour_search: NeighbourSearch | None = None,
+                 ref_graph: np.ndarray | None = None) -> Tags:
     """Query tags from the top-``k`` refs and index tags from the top-1 ref.
 
     Args:
@@ -183,6 +210,8 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
         products.
       neighbour_search: the search over the reference set for both nearest-neighbour steps
         (the index images' top-1 ref, the top-``topk`` neighbourhoods); default exact.
+      ref_graph: (R, >= topk) every ref's nearest refs (:mod:`reference_graph`), read for
+        the neighbourhoods' second step instead of searching.
     """
     if len(ref_landmarks) != ref_feats.shape[0] or len(ref_countries) != ref_feats.shape[0]:
         raise ValueError(f"ref_landmarks ({len(ref_landmarks)}) and ref_countries "
@@ -201,7 +230,8 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
     if query_kreciprocal:
         t0 = time.perf_counter()
         unions, sims = query_reference_refinement(query_feats, ref_feats, q_i, topk=topk,
-                                                  batch_size=batch_size, neighbour_search=find)
+                                                  batch_size=batch_size, neighbour_search=find,
+                                                  ref_graph=ref_graph)
         log.info("k-reciprocal refinement (local sets of up to %d refs): %.1f s",
                  unions.shape[1], time.perf_counter() - t0)
         sel = search.topk_columns(sims, k)

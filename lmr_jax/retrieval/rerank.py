@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lmr_jax.registry import Registry
-from lmr_jax.retrieval import ivf, kreciprocal, landmark_country, search
+from lmr_jax.retrieval import ivf, kreciprocal, landmark_country, reference_graph, search
 
 ENSEMBLE_MODES = ("before_merge", "after_merge")
 NEIGHBOUR_SEARCHES = ("exact", "ivf")
@@ -162,11 +162,35 @@ def reference_search(model: ModelFeatures, kind: str = "exact", nprobe: int = 32
     return ivf.IVFSearch(model.refs, nprobe=nprobe, nlist=nlist, expected_queries=expected)
 
 
+def cached_reference_graph(model: ModelFeatures, kind: str, cache_dir: str, *,
+                           nprobe: int = 32, nlist: int | None = None,
+                           run_search: landmark_country.NeighbourSearch | None = None
+                           ) -> np.ndarray:
+    """``model.refs``' reference graph (top-30 refs of every ref) from ``cache_dir``, built
+    there on first use (:mod:`reference_graph`) with the search ``kind`` ("exact" or "ivf").
+
+    The inverted file of the graph is sized for R rows (the graph's), so that its cache key
+    does not depend on a run's query set; ``run_search``, the run's own search, is used
+    instead when it is the same search. Returns an (R, min(30, R)) int32 memory map.
+    """
+    if kind == "exact":
+        find = search.ExactSearch(model.refs)
+    else:
+        find = ivf.IVFSearch(model.refs, nprobe=nprobe, nlist=nlist,
+                             expected_queries=len(model.refs))
+    if run_search is not None and getattr(run_search, "cache_key", None) == find.cache_key:
+        find = run_search
+    return reference_graph.cached(model.refs, min(landmark_country.TOP_REFS, len(model.refs)),
+                                  find, find.cache_key, cache_dir)
+
+
 @RERANKERS.register("landmark_country")
 def landmark_country_method(*, ensemble: str = "before_merge", k: int = 3, alpha: float = 1.0,
                             beta: float = 0.1, query_kreciprocal: bool = True,
                             neighbour_search: str = "exact", nprobe: int = 32,
                             nlist: int | None = None,
+                            reference_graph_dir: str | None = None,
+                            reference_graph_search: str | None = None,
                             query_chunk: int = QUERY_CHUNK) -> Reranker:
     """Landmark-Country re-ranking, each model with its own tags; ``ensemble`` as above.
 
@@ -175,23 +199,40 @@ def landmark_country_method(*, ensemble: str = "before_merge", k: int = 3, alpha
     reference's), or "ivf", the approximate inverted file of :mod:`ivf` with ``nprobe`` of
     ``nlist`` lists probed (``nlist`` None: :func:`ivf.default_nlist`); its agreement with
     the exact tags is measured in docs/benchmarks.md.
+
+    ``reference_graph_dir``: cache every model's reference graph there (each ref's top-30
+    refs, :mod:`reference_graph`; built on first use, read after) instead of searching the
+    neighbourhoods' second step in every run. ``reference_graph_search``: the search that
+    builds it, "exact" or "ivf" (None: ``neighbour_search``). An exact graph with the
+    approximate search keeps the refinement's neighbourhoods exact and small; it costs one
+    exact search of every ref (R^2 products: minutes at 200,000 refs on a CPU, hours at
+    millions).
     """
     if ensemble not in ENSEMBLE_MODES:
         raise ValueError(f"landmark_country: ensemble must be one of {ENSEMBLE_MODES}, "
                          f"got {ensemble!r}")
-    if neighbour_search not in NEIGHBOUR_SEARCHES:
-        raise ValueError(f"landmark_country: neighbour_search must be one of "
-                         f"{NEIGHBOUR_SEARCHES}, got {neighbour_search!r}")
+    graph_search = reference_graph_search or neighbour_search
+    for name, value in (("neighbour_search", neighbour_search),
+                        ("reference_graph_search", graph_search)):
+        if value not in NEIGHBOUR_SEARCHES:
+            raise ValueError(f"landmark_country: {name} must be one of {NEIGHBOUR_SEARCHES}, "
+                             f"got {value!r}")
     if nprobe < 1 or (nlist is not None and nlist < 1):
         raise ValueError(f"landmark_country: nprobe ({nprobe}) and nlist ({nlist}) must be >= 1")
 
+    def tags_of(m: ModelFeatures, references: References) -> landmark_country.Tags:
+        find = reference_search(m, neighbour_search, nprobe, nlist)
+        graph = None
+        if reference_graph_dir and query_kreciprocal:
+            graph = cached_reference_graph(m, graph_search, reference_graph_dir, nprobe=nprobe,
+                                           nlist=nlist, run_search=find)
+        return landmark_country.compute_tags(m.query, m.index, m.refs, references.landmarks,
+                                             references.countries, k=k,
+                                             query_kreciprocal=query_kreciprocal,
+                                             neighbour_search=find, ref_graph=graph)
+
     def rank(models, weights, top_k, references):
-        tags = [landmark_country.compute_tags(m.query, m.index, m.refs, references.landmarks,
-                                              references.countries, k=k,
-                                              query_kreciprocal=query_kreciprocal,
-                                              neighbour_search=reference_search(
-                                                  m, neighbour_search, nprobe, nlist))
-                for m in models]
+        tags = [tags_of(m, references) for m in models]
         sims = _similarities(models)
 
         def scores_of(rows):

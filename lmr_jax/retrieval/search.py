@@ -195,6 +195,11 @@ class ExactSearch:
     chunk_size: int = DEFAULT_CHUNK
     backend: str = "jax"
 
+    @property
+    def cache_key(self) -> str:
+        """Names the search in cached results (:mod:`reference_graph`): "exact"."""
+        return "exact"
+
     def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores (Q, k) float32 descending, indices (Q, k) int64)."""
         return topk_inner_product(queries, self.database, k, chunk_size=self.chunk_size,
