@@ -184,11 +184,20 @@ def later_run(problem: ClusteredProblem, variant: str, nprobe: int, nlist: int |
 
 
 def full_scale(ref_path: str, num_queries: int, num_index: int, num_refs: int, dim: int,
-               nprobe: int, nlist: int | None, check_index: int, seed: int = 0) -> dict:
-    """Approximate re-ranking at GLDv2 scale: time, peak RSS, index-tag agreement on a sample."""
+               nprobe: int, nlist: int | None, check_index: int, seed: int = 0,
+               graph_dir: str | None = None) -> dict:
+    """Approximate re-ranking at GLDv2 scale: time, peak RSS, index-tag agreement on a sample;
+    with ``graph_dir``, again reading an approximate reference graph (built there, timed
+    apart, if missing)."""
     p = clustered_problem(num_queries, num_index, num_refs, dim, seed=seed, ref_path=ref_path)
     approx_tags, _, seconds = _rerank(p, "ivf", nprobe, nlist)
     rss = peak_rss_gib()
+    graph = {}
+    if graph_dir:
+        tags, _, graph_s, build_s = _with_graph(p, "ivf", "ivf", nprobe, nlist, graph_dir)
+        graph = {"approx_with_graph_s": round(graph_s, 1), "graph_build_s": round(build_s, 1),
+                 "peak_rss_gib_with_graph": round(peak_rss_gib(), 2),
+                 "with_graph_vs_without": tag_agreement(approx_tags, tags)}
     rows = np.sort(np.random.default_rng(seed).choice(num_index, min(check_index, num_index),
                                                       replace=False))
     t0 = time.perf_counter()
@@ -203,7 +212,8 @@ def full_scale(ref_path: str, num_queries: int, num_index: int, num_refs: int, d
             "exact_check_s": round(exact_check_s, 1),
             "index_tags": float(same.mean()),
             "index_tags_on_landmark": float(same[on].mean()) if on.any() else None,
-            "index_tags_distractors": float(same[~on].mean()) if (~on).any() else None}
+            "index_tags_distractors": float(same[~on].mean()) if (~on).any() else None,
+            **graph}
 
 
 def main(argv: list[str]) -> None:
@@ -214,7 +224,7 @@ def main(argv: list[str]) -> None:
         if not f.ref_path:
             raise app.UsageError("--mode full needs --ref_path")
         res = full_scale(f.ref_path, f.queries, f.index or 79_000, f.refs or 4_900_000, f.dim,
-                         f.nprobe, f.nlist, f.check_index)
+                         f.nprobe, f.nlist, f.check_index, graph_dir=f.graph_dir)
     else:
         index, refs = f.index or 20_000, f.refs or 200_000
         if f.problem == "clustered":
@@ -247,9 +257,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("nlist", None, "Lists (default lmr_jax.retrieval.ivf.default_nlist).")
     flags.DEFINE_integer("loop_queries", 200, "Queries of the per-query loop (extrapolated to "
                          "all); 0 skips the loop.")
-    flags.DEFINE_string("graph_dir", None, "Compare mode: also re-rank (exact and approximate) "
-                        "reading reference graphs cached in this folder, built there first "
-                        "(timed apart) if missing.")
+    flags.DEFINE_string("graph_dir", None, "Compare and full modes: also re-rank reading "
+                        "reference graphs cached in this folder, built there first (timed "
+                        "apart) if missing; later_run mode: where the graphs are.")
     flags.DEFINE_integer("check_index", 2000, "Full mode: index images checked against exact.")
     flags.DEFINE_string("ref_path", None, "Full mode: float16 .npy of the refs (written once if "
                         "missing, ~5 GB for 4.9 M).")

@@ -135,3 +135,17 @@ def test_rerank_limits_counts_the_inner_products():
     assert r["flop"] >= floor
     assert r["fraction_of_bound"] == pytest.approx(r["flop"] / 100e9 / r["seconds"], rel=0.05)
     assert {"reference", "neighbours", "k-reciprocal"} <= set(r["phases_s"])
+
+
+def test_full_scale_and_later_run_modes_with_a_graph(tmp_path):
+    from benchmarks import rerank_approx
+
+    graphs = str(tmp_path / "graphs")
+    r = rerank_approx.full_scale(str(tmp_path / "refs.npy"), 6, 80, 600, 16, nprobe=4, nlist=4,
+                                 check_index=20, graph_dir=graphs)
+    assert r["index_tags"] == 1.0  # every list probed: the exact top-1
+    assert r["with_graph_vs_without"]["query_tags"] == 1.0 and r["graph_build_s"] >= 0
+    p = rerank.clustered_problem(6, 80, 600, 16, ref_path=str(tmp_path / "refs.npy"))
+    later = rerank_approx.later_run(p, "ivf", 4, 4, graphs)
+    assert later["s"] > 0 and later["variant"] == "ivf"
+    assert len(list((tmp_path / "graphs").iterdir())) == 1  # the full mode's graph, reused
