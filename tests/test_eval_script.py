@@ -81,13 +81,17 @@ def get_config():
 
 def test_eval_config_mode(setup):
     root, cfg, val, gt = setup
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), f"--config={cfg}"],
+    graphs = root / "graphs"  # the reference graph cache, on: the scores below are unchanged
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), f"--config={cfg}",
+                          f"--config.rerank_options.landmark_country.reference_graph_dir={graphs}"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     work = root / "work"
     report = json.loads((work / "report.json").read_text())
     assert set(report["methods"]) == {"off", "landmark_country", "kreciprocal"}
+    (graph,) = graphs.iterdir()
+    assert graph.name.endswith("_exact_k30.npy")
     # The written submissions score (through the CSV path) exactly what the report says.
     sol_path = root / "solution.csv"
     with open(sol_path, "w") as f:
