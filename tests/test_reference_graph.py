@@ -2,6 +2,7 @@
 re-ranking read from it against the slow per-query reference."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -34,9 +35,13 @@ def refs():
     return _unit(np.random.default_rng(5), 300, 12)
 
 
-def test_graph_rows_are_each_refs_top_k(refs, tmp_path):
-    graph = reference_graph.build(refs, 9, search.ExactSearch(refs), str(tmp_path / "g.npy"),
-                                  block_rows=64)
+def test_graph_rows_are_each_refs_top_k(refs, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lmr_jax.retrieval.reference_graph"):
+        graph = reference_graph.build(refs, 9, search.ExactSearch(refs),
+                                      str(tmp_path / "g.npy"), block_rows=64)
+    progress = [r.getMessage() for r in caplog.records if "/ 300 refs" in r.getMessage()]
+    assert len(progress) == 5  # one line a block, a rate from the second block on
+    assert "refs/s" not in progress[0] and all("refs/s" in m for m in progress[1:])
     _, expected = _brute_topk(refs, np.arange(len(refs)), refs, 9)
     assert graph.shape == (300, 9) and graph.dtype == np.int32
     np.testing.assert_array_equal(graph, expected)

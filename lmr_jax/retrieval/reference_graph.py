@@ -100,8 +100,8 @@ def build(ref_feats: np.ndarray, k: int, neighbour_search: NeighbourSearch, path
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.int32, shape=(n, k))
     # The rate leaves out the first block, which also pays for the search's set-up (an
     # inverted file's k-means: minutes at millions of refs).
-    t0, start = time.perf_counter(), state["done"]
-    for b in range(start, n, block_rows):
+    first, t0, start = state["done"], time.perf_counter(), state["done"]
+    for b in range(first, n, block_rows):
         rows = slice(b, min(b + block_rows, n))
         _, nn = neighbour_search(np.asarray(ref_feats[rows], np.float32), k)
         out[rows] = nn
@@ -110,7 +110,7 @@ def build(ref_feats: np.ndarray, k: int, neighbour_search: NeighbourSearch, path
         with open(progress + ".tmp", "w") as f:
             json.dump(state, f)
         os.replace(progress + ".tmp", progress)
-        if b == start:
+        if b == first:
             t0, start = time.perf_counter(), rows.stop
             log.info("reference graph: %d / %d refs", rows.stop, n)
             continue
