@@ -23,8 +23,8 @@ def _brute(q, db, k):
     return np.take_along_axis(s, i, 1), i
 
 
-@pytest.mark.parametrize("chunk,backend", [(7, "faiss"), (64, "faiss"), (1 << 18, "faiss"),
-                                           (64, "jax"), (1 << 18, "jax")])
+@pytest.mark.parametrize("chunk,backend", [(7, "blas"), (64, "blas"), (1 << 18, "blas"),
+                                           (1 << 18, "auto"), (64, "jax"), (1 << 18, "jax")])
 def test_topk_exact_chunked(data, chunk, backend):
     q, db = data
     s, i = search.topk_inner_product(q, db, 10, chunk_size=chunk, backend=backend)
@@ -39,7 +39,7 @@ def test_topk_float16_memmap_and_k_larger_than_n(tmp_path, data):
     np.save(path, db[:20].astype(np.float16))
     mm = np.load(path, mmap_mode="r")
     s_ref, i_ref = _brute(q, np.asarray(mm, np.float32), 20)
-    for backend in ("faiss", "jax"):
+    for backend in ("blas", "jax"):
         s, i = search.topk_inner_product(q, mm, 25, chunk_size=6, backend=backend)
         np.testing.assert_array_equal(i[:, :20], i_ref)
         assert (i[:, 20:] == -1).all() and np.isneginf(s[:, 20:]).all()
@@ -80,3 +80,55 @@ def test_recall_at_k_counts():
     a = np.array([[1, 2, 3], [4, 5, -1]])
     e = np.array([[3, 2, 9], [4, 6, 7]])
     assert search.recall_at_k(a, e) == pytest.approx(3 / 6)
+
+
+def _stable(scores, k):
+    """The slow exact reference: a stable sort of each row (ties to the lower column)."""
+    cols = np.argsort(-np.asarray(scores, np.float64), axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, cols, 1), cols
+
+
+@pytest.mark.parametrize("k", [1, 3, 11, 30, 100])
+def test_topk_from_scores_keeps_lower_columns_on_ties(k):
+    """Lattice scores: most rows have ties across the k-th value, which a heap or a partition
+    settles in any order."""
+    rng = np.random.default_rng(k)
+    scores = rng.integers(-3, 4, size=(300, 250)).astype(np.float32)
+    scores[:5] = 1.0  # whole rows tied: more ties than the heaps' slack
+    scores[5:10, 40:] = -np.inf  # fewer finite scores than some k
+    values, cols = search.topk_from_scores(scores, k)
+    ref_values, ref_cols = _stable(scores, k)
+    np.testing.assert_array_equal(cols, ref_cols)
+    np.testing.assert_array_equal(values, ref_values)
+    assert values.dtype == np.float32 and cols.dtype == np.int64
+
+
+def test_topk_from_scores_random_and_narrow():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((1000, 700)).astype(np.float32)
+    np.testing.assert_array_equal(search.topk_from_scores(scores, 30)[1], _stable(scores, 30)[1])
+    narrow = scores[:, :12]  # fewer columns than k + slack: a stable sort
+    np.testing.assert_array_equal(search.topk_from_scores(narrow, 30)[1], _stable(narrow, 12)[1])
+
+
+def test_blas_search_ties_and_tiles(monkeypatch):
+    """Duplicated database rows give exactly tied scores (more copies than the heaps' slack
+    for some queries); small tiles make several query and database blocks."""
+    monkeypatch.setattr(search, "BLAS_QUERY_BLOCK", 16)
+    rng = np.random.default_rng(2)
+    lattice = rng.integers(-2, 3, size=(60, 8)).astype(np.float32) / 4.0
+    db = np.concatenate([lattice, np.repeat(lattice[:3], 12, axis=0), lattice[::-1]])
+    q = rng.integers(-2, 3, size=(45, 8)).astype(np.float32) / 4.0
+    q[:3] = lattice[:3]
+    ref_s, ref_i = _stable(q.astype(np.float64) @ db.astype(np.float64).T, 20)
+    for chunk in (7, 50, 1 << 18):
+        s, i = search.topk_inner_product(q, db, 20, chunk_size=chunk, backend="blas")
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_allclose(s, ref_s, atol=1e-6)
+
+
+def test_unknown_backend_is_refused(data):
+    q, db = data
+    with pytest.raises(ValueError, match="unknown search backend 'faiss'"):
+        search.topk_inner_product(q, db, 3, backend="faiss")
+    assert search.resolve_backend("auto") == "blas"  # the tests run JAX on the CPU

@@ -10,8 +10,8 @@ faiss has the same index (``IndexIVFFlat``), but it scans each query's lists one
 time with vector instructions, about 8 GFLOP/s on the 2-core development machine against
 100-160 GFLOP/s for a matrix product (docs/benchmarks.md). Here the loop runs over the lists
 instead: all the queries that probe list c are gathered and compared with its members in one
-matrix product (numpy/BLAS, then a partial sort of each row), so the arithmetic runs at GEMM
-speed.
+matrix product (numpy/BLAS, then the exact heap selection of :func:`search.topk_from_scores`),
+so the arithmetic runs at GEMM speed.
 
 Cost (Nq queries, D dims): training ``niter * train_rows * nlist * 2D`` FLOP, assignment
 ``R * nlist * 2D``, coarse search ``Nq * nlist * 2D``, fine search about
@@ -121,30 +121,6 @@ def build_inverted_file(database: np.ndarray, nlist: int, *, niter: int = 5,
     return InvertedFile(centroids, offsets, members)
 
 
-def _row_top_columns(scores: np.ndarray, k: int) -> np.ndarray:
-    """(M, k) columns of the k largest scores of each row of ``scores`` (M, L), any order.
-
-    k == 1 is an argmax. Otherwise the k-th largest value of each row comes from a partition
-    of the values (about 3x faster than ``argpartition`` here) and the columns at or above it
-    are the result; rows with a tie at that value (more than k such columns) go through
-    ``argpartition`` instead.
-    """
-    m, length = scores.shape
-    if k >= length:
-        return np.broadcast_to(np.arange(length), (m, length))
-    if k == 1:
-        return np.argmax(scores, axis=1)[:, None]
-    kth = np.partition(scores, length - k, axis=1)[:, length - k]
-    keep = scores >= kth[:, None]
-    counts = keep.sum(axis=1)
-    cols = np.empty((m, k), np.int64)
-    plain = counts == k
-    cols[plain] = np.nonzero(keep[plain])[1].reshape(-1, k)
-    if not plain.all():
-        cols[~plain] = np.argpartition(-scores[~plain], k - 1, axis=1)[:, :k]
-    return cols
-
-
 def ivf_topk(queries: np.ndarray, database: np.ndarray, ivf: InvertedFile, k: int, *,
              nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     """Approximate top-k by inner product: each query against the ``nprobe`` lists nearest it.
@@ -180,9 +156,8 @@ def ivf_topk(queries: np.ndarray, database: np.ndarray, ivf: InvertedFile, k: in
             qi, slot = pair // nprobe, pair % nprobe
             scores = qb[qi] @ np.asarray(database[rows], np.float32).T
             kc = min(k, len(rows))
-            cols = _row_top_columns(scores, kc)
-            scores = np.take_along_axis(scores, cols, 1)
-            cand_s[qi, slot, :kc] = scores
+            top_s, cols = search.topk_from_scores(scores, kc)
+            cand_s[qi, slot, :kc] = top_s
             cand_i[qi, slot, :kc] = rows[cols]
         best_s, sel = search.topk_from_scores(cand_s.reshape(len(qb), -1), k)
         out_s[b0:b0 + len(qb), :sel.shape[1]] = best_s

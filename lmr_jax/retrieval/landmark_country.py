@@ -234,9 +234,8 @@ def compute_tags(query_feats: np.ndarray, index_feats: np.ndarray, ref_feats: np
                                                   ref_graph=ref_graph)
         log.info("k-reciprocal refinement (local sets of up to %d refs): %.1f s",
                  unions.shape[1], time.perf_counter() - t0)
-        sel = search.topk_columns(sims, k)
+        best_s, sel = search.topk_from_scores(sims, k)
         best = np.take_along_axis(unions, sel, 1)
-        best_s = np.take_along_axis(sims, sel, 1)
         sizes = (unions >= 0).sum(axis=1)
     else:
         best, best_s, sizes = q_i[:, :k], q_s[:, :k], None

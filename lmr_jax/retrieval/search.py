@@ -1,17 +1,21 @@
-"""Exact and approximate inner-product search, and fusion of several models.
+"""Exact and approximate inner-product search, exact row top-k, and fusion of several models.
 
-Exact search runs chunk by chunk over the database, so a memory-mapped float16 database of
-millions of rows is never converted to float32 whole: memory stays at about
-``chunk_size * dim * 4`` bytes plus the results. Two backends compute it:
+Exact search runs block by block over the database, so a memory-mapped float16 database of
+millions of rows is never converted to float32 whole. Two backends compute it:
 
-* "jax" (the default): one jitted call per (query block, database chunk) that scans the
-  chunk in blocks of JAX_DB_BLOCK rows, a matrix product then an exact two-stage top-k
-  (:func:`_grouped_topk`) per block, so the scores in memory are one (queries, block) tile;
-* "faiss": ``faiss.knn`` (BLAS + heap selection) per chunk.
+* "blas" (the default on CPU): each (query block, database block) product is one BLAS call
+  (numpy's ``matmul``) and its scores go straight into a running top-k per query row
+  (:class:`RowTopK`, faiss's C++ heaps), so the arithmetic runs at the BLAS GEMM rate and
+  the selection costs a fraction of it; memory is one (BLAS_QUERY_BLOCK, BLAS_DB_BLOCK)
+  score tile plus the heaps.
+* "jax" (the default on GPU and TPU): one jitted call per (query block, database chunk) that
+  scans the chunk in blocks of JAX_DB_BLOCK rows, a matrix product then an exact two-stage
+  top-k (:func:`_grouped_topk`) per block.
 
-On the 2-core development machine the faiss wheel's search ran at 10-18 GFLOP/s against
-25-30 for the jitted one and 40-70 for a bare numpy product in the same runs
-(docs/benchmarks.md, Re-ranking), so "jax" is the default on every platform.
+"auto" picks "blas" when JAX's default backend is the CPU and "jax" otherwise. Both are exact:
+the k best rows by float32 inner product, ties to the lower row. On the 2-core AMD EPYC
+development machine of 2026-12-07 the BLAS search ran at 1.6-1.9x the jitted one
+(docs/benchmarks.md, Re-ranking).
 
 Approximate options: the inverted file of :mod:`lmr_jax.retrieval.ivf` (the re-ranking's
 approximate reference search), and faiss IVF-Flat / HNSW-Flat indexes for very large
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import jax
@@ -35,6 +39,12 @@ if TYPE_CHECKING:
 DEFAULT_CHUNK = 1 << 18
 JAX_DB_BLOCK = 8192  # database rows per product in the jitted search
 TOPK_GROUP = 32  # columns per group of the two-stage top-k
+BLAS_DB_BLOCK = 8192  # database rows per BLAS product (converted to float32 once each)
+BLAS_QUERY_BLOCK = 1024  # query rows per BLAS product: a 32 MB float32 score tile
+# Heap slots kept per row beyond k: a row's top-k is settled by the heaps unless more than
+# TIE_SLACK + 1 of its values tie with its k-th (then it is sorted stably instead).
+TIE_SLACK = 8
+BACKENDS = ("auto", "blas", "jax")
 
 
 def _faiss():
@@ -58,6 +68,90 @@ def merge_topk(scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray,
     idx = np.concatenate([idx_a, idx_b], axis=1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(idx, order, 1)
+
+
+class RowTopK:
+    """Exact running top-k of every row of a (rows, columns) score matrix that arrives in blocks.
+
+    Each row has a min-heap of k + TIE_SLACK (value, column) slots in faiss's C++ heaps; a
+    block's values enter a heap only when larger than its smallest, so a pass costs about one
+    comparison per score (3 ms for 1024 x 8192 scores on one core here). The heaps keep the
+    right values but settle ties among equal values in any order, so :meth:`result` checks
+    each row: when its k-th value is larger than its last slot's, every score of the row
+    at or above the k-th value is in the heap and sorting the slots by (value desc, column
+    asc) gives the exact top-k with ties to the lower column. The other rows (more than
+    TIE_SLACK + 1 values tied with the k-th, or fewer than k finite scores) are recomputed
+    whole by the caller and sorted stably.
+
+    Memory: rows * (k + TIE_SLACK) * 12 bytes.
+    """
+
+    def __init__(self, rows: int, k: int):
+        faiss = _faiss()
+        self.k = k
+        self.values = np.empty((rows, k + TIE_SLACK), np.float32)
+        self.columns = np.empty((rows, k + TIE_SLACK), np.int64)
+        self._heaps = faiss.float_minheap_array_t()
+        self._heaps.k = k + TIE_SLACK
+        self._heaps.nh = rows
+        self._heaps.val = faiss.swig_ptr(self.values)
+        self._heaps.ids = faiss.swig_ptr(self.columns)
+        self._heaps.heapify()
+
+    def add(self, scores: np.ndarray, first_column: int = 0, first_row: int = 0) -> None:
+        """Offer ``scores`` (r, c) C-contiguous float32: columns first_column.. of rows first_row.."""
+        if scores.dtype != np.float32 or not scores.flags.c_contiguous:
+            raise ValueError("RowTopK.add needs a C-contiguous float32 array")
+        r, c = scores.shape
+        faiss = _faiss()
+        threads = faiss.omp_get_max_threads()
+        # One thread: the pass is about 1/15 of the BLAS product that made the scores, and
+        # OpenMP threads left spinning after it took the cores from the next product (10 %
+        # slower searches on 2 cores). The setting is the calling thread's own.
+        faiss.omp_set_num_threads(1)
+        try:
+            self._heaps.addn(c, faiss.swig_ptr(scores), first_column, first_row, r)
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+    def result(self, exact_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(values (rows, k) float32 descending, columns (rows, k) int64), ties to the lower
+        column; ``exact_rows(rows)`` gives the stable top-k (values, columns) of the rows
+        the heaps could not settle (class docstring)."""
+        self._heaps.reorder()
+        order = np.lexsort((self.columns, -self.values), axis=1)
+        values = np.take_along_axis(self.values, order, 1)
+        columns = np.take_along_axis(self.columns, order, 1)
+        k = self.k
+        settled = (values[:, k - 1] > values[:, -1]) & (columns[:, k - 1] >= 0)
+        values, columns = values[:, :k].copy(), columns[:, :k].copy()
+        if not settled.all():
+            rows = np.flatnonzero(~settled)
+            values[rows], columns[rows] = exact_rows(rows)
+        return values, columns
+
+
+def _stable_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, columns) of the k largest per row by a stable sort: ties to the lower column."""
+    cols = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, cols, 1).astype(np.float32), cols.astype(np.int64)
+
+
+def topk_from_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values (M, k) float32, columns (M, k) int64) of the k largest of each row of ``scores``
+    (M, C), best first, ties to the lower column; k is capped at C.
+
+    Heap selection (:class:`RowTopK`) when C > k + TIE_SLACK, a stable sort otherwise.
+    """
+    s = np.ascontiguousarray(scores, np.float32)
+    m, c = s.shape
+    k = min(k, c)
+    if k == 0 or c <= k + TIE_SLACK:
+        return _stable_topk(s, k)
+    top = RowTopK(m, k)
+    top.add(s)
+    return top.result(lambda rows: _stable_topk(s[rows], k))
 
 
 def _grouped_topk(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -146,37 +240,91 @@ def _query_block() -> int:
     return 1024 if jax.default_backend() == "cpu" else 8192
 
 
+def _f32_rows(database: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of ``database`` as a C-contiguous float32 array (converted if stored
+    otherwise, e.g. a float16 memory map)."""
+    return np.ascontiguousarray(database[start:stop], np.float32)
+
+
+def _blas_stable_topk(q: np.ndarray, database: np.ndarray, k: int, block: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of a few query rows by a stable sort of each database block's scores and
+    stable merges (ties to the lower row): the fallback of :func:`_blas_topk`'s unsettled rows."""
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.full((len(q), 0), -1, np.int64)
+    for start in range(0, database.shape[0], block):
+        s, i = _stable_topk(q @ _f32_rows(database, start, start + block).T, k)
+        best_s, best_i = merge_topk(best_s, best_i, s, i + start, k)
+    return best_s, best_i
+
+
+def _blas_topk(q: np.ndarray, database: np.ndarray, k: int, block: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (k < rows of ``database``) by BLAS products and :class:`RowTopK` heaps.
+
+    The database is read once, ``block`` rows at a time (each block converted to float32
+    once); every query block of BLAS_QUERY_BLOCK rows is multiplied with it into one reused
+    score tile, which goes into the heaps.
+    """
+    nq, n = q.shape[0], database.shape[0]
+    top = RowTopK(nq, k)
+    tile = np.empty(min(nq, BLAS_QUERY_BLOCK) * min(n, block), np.float32)
+    for start in range(0, n, block):
+        rows = _f32_rows(database, start, start + block)
+        for q0 in range(0, nq, BLAS_QUERY_BLOCK):
+            qb = q[q0:q0 + BLAS_QUERY_BLOCK]
+            scores = tile[:len(qb) * len(rows)].reshape(len(qb), len(rows))
+            np.matmul(qb, rows.T, out=scores)
+            top.add(scores, first_column=start, first_row=q0)
+    return top.result(lambda r: _blas_stable_topk(q[r], database, k, block))
+
+
+def resolve_backend(backend: str) -> str:
+    """The exact-search backend that ``backend`` names: "auto" is "blas" on CPU (JAX's default
+    backend), "jax" on GPU and TPU (module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown search backend {backend!r}: use one of {BACKENDS}")
+    if backend == "auto":
+        return "blas" if jax.default_backend() == "cpu" else "jax"
+    return backend
+
+
 def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int, *,
-                       chunk_size: int = DEFAULT_CHUNK, backend: str = "jax"
+                       chunk_size: int = DEFAULT_CHUNK, backend: str = "auto"
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product, chunked over the database.
+    """Exact top-k by inner product, block by block over the database.
 
     Args:
       queries: (Q, D) float array.
-      database: (N, D) float array (float16 memory maps are fine: read chunk by chunk).
+      database: (N, D) float array (float16 memory maps are fine: read block by block).
       k: results per query; if k > N the tail is padded with index -1, score -inf.
-      backend: "jax" (jitted product + exact top-k on the default device, chunks sent as
-        stored, e.g. float16) or "faiss" (``faiss.knn``); module docstring.
+      chunk_size: database rows in memory at a time ("blas": min(chunk_size, BLAS_DB_BLOCK)).
+      backend: "auto", "blas" or "jax" (:func:`resolve_backend`, module docstring).
     Returns:
-      scores (Q, k) float32 descending, indices (Q, k) int64 into ``database``.
+      scores (Q, k) float32 descending, indices (Q, k) int64 into ``database``; ties to the
+      lower index.
     """
-    if backend not in ("faiss", "jax"):
-        raise ValueError(f"unknown search backend {backend!r}: use faiss or jax")
+    backend = resolve_backend(backend)
     q = _as_f32(queries)
     if q.ndim != 2 or database.ndim != 2 or q.shape[1] != database.shape[1]:
         raise ValueError(f"queries {q.shape} and database {database.shape} must be (Q, D), (N, D)")
     nq, n = q.shape[0], database.shape[0]
     best_s = np.full((nq, k), -np.inf, dtype=np.float32)
     best_i = np.full((nq, k), -1, dtype=np.int64)
-    if nq == 0:
+    if nq == 0 or n == 0 or k == 0:
+        return best_s, best_i
+    if backend == "blas":
+        kn = min(k, n)
+        block = min(chunk_size, BLAS_DB_BLOCK)
+        if n <= kn + TIE_SLACK:
+            s, i = _blas_stable_topk(q, database, kn, block)
+        else:
+            s, i = _blas_topk(q, database, kn, block)
+        best_s[:, :kn], best_i[:, :kn] = s, i
         return best_s, best_i
     for start in range(0, n, chunk_size):
         kc = min(k, chunk_size, n - start)
-        if backend == "jax":
-            s, i = _jax_chunk_topk(q, np.asarray(database[start:start + chunk_size]), kc)
-        else:
-            chunk = _as_f32(database[start:start + chunk_size])
-            s, i = _faiss().knn(q, chunk, kc, metric=_faiss().METRIC_INNER_PRODUCT)
+        s, i = _jax_chunk_topk(q, np.asarray(database[start:start + chunk_size]), kc)
         s = np.where(i >= 0, s, -np.inf).astype(np.float32)
         i = np.where(i >= 0, i + start, -1)
         if start == 0 and kc == k:
@@ -193,7 +341,7 @@ class ExactSearch:
 
     database: np.ndarray
     chunk_size: int = DEFAULT_CHUNK
-    backend: str = "jax"
+    backend: str = "auto"
 
     @property
     def cache_key(self) -> str:
@@ -239,22 +387,6 @@ def fuse_features(feats: Sequence[np.ndarray], weights: Sequence[float]) -> np.n
         raise ValueError(f"fusion weights must be >= 0 to fuse features, got {list(weights)}")
     return np.concatenate([_as_f32(f) * np.float32(np.sqrt(w)) for f, w in
                            zip(feats, weights, strict=True)], axis=1)
-
-
-def topk_columns(scores: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) column indices of the k best per row, best first, ties to the lower column."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def topk_from_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values (Q, k), indices (Q, k)) of the k largest per row; ties to the lower index."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    vals = np.take_along_axis(scores, part, 1)
-    order = np.lexsort((part, -vals), axis=1)
-    idx = np.take_along_axis(part, order, 1)
-    return np.take_along_axis(scores, idx, 1), idx
 
 
 def build_index(database: np.ndarray, kind: str = "flat", *, nlist: int = 1024,
