@@ -132,3 +132,18 @@ def test_unknown_backend_is_refused(data):
     with pytest.raises(ValueError, match="unknown search backend 'faiss'"):
         search.topk_inner_product(q, db, 3, backend="faiss")
     assert search.resolve_backend("auto") == "blas"  # the tests run JAX on the CPU
+
+
+@pytest.mark.parametrize("k", [2, 11])
+def test_topk_from_scores_wide_rows_through_the_heaps(k):
+    """Rows long enough for the heaps (HEAP_COLUMNS_PER_K * k), with ties across the k-th."""
+    rng = np.random.default_rng(k)
+    width = search.HEAP_COLUMNS_PER_K * k + 5
+    scores = rng.integers(-40, 41, size=(40, width)).astype(np.float32)
+    scores[:3] = 2.0  # whole rows tied
+    np.testing.assert_array_equal(search.topk_from_scores(scores, k)[1], _stable(scores, k)[1])
+
+
+def test_topk_from_scores_refuses_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        search.topk_from_scores(np.array([[0.0, np.nan, 1.0]], np.float32), 1)
