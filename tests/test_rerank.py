@@ -108,7 +108,8 @@ def case():
     return q, x, refs, lms, cts
 
 
-def test_local_jaccard_matches_slow(case):
+@pytest.mark.parametrize("host", [True, False])  # the CPU path, and the accelerators' one call
+def test_local_jaccard_matches_slow(case, host):
     q, _, refs, _, _ = case
     s = np.concatenate([q[:1], refs[:40]])
     dist_ref, jac_ref = slow_jaccard(s)
@@ -118,13 +119,31 @@ def test_local_jaccard_matches_slow(case):
     x[1, :41] = s
     valid = np.zeros((2, 48), bool)
     valid[:, :41] = True
-    dist, jac = kreciprocal.local_query_jaccard(x, valid)
+    dist, jac = kreciprocal.local_query_jaccard(x, valid, host=host)
     np.testing.assert_allclose(dist[0, :41], dist_ref[0], atol=1e-6)
     np.testing.assert_allclose(jac[0, :41], jac_ref[0], atol=1e-5)
     np.testing.assert_allclose(jac[1, :41], jac_ref[0], atol=1e-5)
 
 
-def test_local_jaccard_large_sets_with_ties():
+@pytest.mark.parametrize("host", [True, False])
+def test_local_jaccard_padding_never_a_neighbour(host):
+    """20 unit vectors in 3-d: most nodes' 11th neighbour has a negative cosine, so zero
+    padding (cosine 0) would enter their forward lists unless it is masked."""
+    rng = np.random.default_rng(4)
+    s = _unit(rng, 20, 3)
+    assert np.sort(s @ s.T, axis=1)[:, -11].min() < 0
+    x = np.zeros((1, 32, 3), np.float32)
+    x[0, :20] = s
+    valid = np.zeros((1, 32), bool)
+    valid[0, :20] = True
+    dist, jac = kreciprocal.local_query_jaccard(x, valid, host=host)
+    dist_ref, jac_ref = slow_jaccard(s, rows=[0])
+    np.testing.assert_allclose(dist[0, :20], dist_ref[0], atol=1e-6)
+    np.testing.assert_allclose(jac[0, :20], jac_ref[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_local_jaccard_large_sets_with_ties(host):
     """Sets of hundreds of nodes on lattice features: exact products and many exactly tied
     distances, so neighbour lists and reciprocal sets depend on the tie rule."""
     rng = np.random.default_rng(11)
@@ -134,7 +153,7 @@ def test_local_jaccard_large_sets_with_ties():
     valid = np.zeros((2, 448), bool)
     valid[0, :401] = True
     valid[1, :300] = True
-    dist, jac = kreciprocal.local_query_jaccard(x, valid)
+    dist, jac = kreciprocal.local_query_jaccard(x, valid, host=host)
     for b, n in ((0, 401), (1, 300)):
         dist_ref, jac_ref = slow_jaccard(x[b, :n], rows=[0])
         np.testing.assert_allclose(dist[b, :n], dist_ref[0], atol=1e-6)
@@ -202,7 +221,7 @@ def test_compile_ahead_compiles_each_shape_once_for_the_later_calls(caplog):
     def compilations():
         return sum(f"Finished XLA compilation of jit({name})" in r.getMessage()
                    for r in caplog.records
-                   for name in ("_reciprocal_weights", "_query_jaccard"))
+                   for name in ("_neighbour_weights", "_query_overlaps"))
 
     rng = np.random.default_rng(1)
     x = _unit(rng, 48, 5).reshape(2, 24, 5)

@@ -3,7 +3,9 @@
 Distances are ``dist = 1 - (cos + 1) / 2`` between L2-normalised features, the convention of
 the reference re-ranking code (docs/retrieval.md). For every node i of a set:
 
-1. forward(i) = the k1+1 nearest nodes (i itself included, ties to the lower index);
+1. forward(i) = the k1+1 nearest nodes (i itself included, ties to the lower index; ranked
+   by the float32 cosine, whose order is that of the exact distance, while the float32
+   distance can round two cosines to one value);
    R(i) = {j in forward(i) : i in forward(j)}.
 2. For each candidate c in R(i), its half set R'(c) (same rule with round(k1/2) instead of
    k1, numpy rounding) is added when |R'(c) & R(i)| > 2/3 |R'(c)|.
@@ -13,8 +15,9 @@ the reference re-ranking code (docs/retrieval.md). For every node i of a set:
 
 Two drivers share steps 1-2 (:func:`reciprocal_members`, jnp, no Python loop per node):
 
-* :func:`local_query_jaccard`: dense, jitted and batched over many small local sets (the
-  query-to-reference refinement of the Landmark-Country re-ranking, sets of <= 931 nodes).
+* :func:`local_query_jaccard`: dense and batched over many small local sets (the
+  query-to-reference refinement of the Landmark-Country re-ranking, sets of <= 931 nodes):
+  BLAS cosines, jitted neighbour lists and overlaps, V scattered by numpy.
 * :func:`kreciprocal_rerank`: the full re-ranking of queries x index (sparse V in scipy
   CSR; neighbour lists from exact chunked search) for sets of ~10^5 nodes where a dense
   n x n matrix does not fit.
@@ -90,8 +93,8 @@ def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
 
 def _gram(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(B, n, n) float32 cosines x @ x^T of each set, -inf in the columns of padding nodes
-    (so that no node ranks one among its neighbours). numpy's batched product runs the BLAS
-    symmetric rank-k update for a matrix times its own transpose (half the products)."""
+    (so that no node ranks one among its neighbours). numpy's batched product of a matrix
+    with its own transpose runs BLAS's symmetric rank-k update."""
     b, n, _ = x.shape
     cos = _aligned_empty((b, n, n))
     np.matmul(x, x.transpose(0, 2, 1), out=cos)
@@ -104,19 +107,18 @@ def _gram(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return cos
 
 
-@functools.partial(jax.jit, static_argnames=("k1",))
-def _reciprocal_weights(cos: jax.Array, valid: jax.Array, k1: int):
-    """Steps 1-2 and the weights of step 3 on dense cosines (B, n, n).
+def _neighbour_weights(cos: jax.Array, valid: jax.Array, k1: int):
+    """Steps 1-2 and the weights of step 3 on dense cosines (B, n, n), -inf in padding columns.
 
-    ``cos`` is -inf in padding columns (:func:`_gram`). Returns the forward lists (B, n, k1+1)
-    int32 (ranked by cosine, ties to the lower index), the members (B, n, L) int32 of each
-    node's expanded set (n where none; an index may repeat), their exp(-dist) (B, n, L)
-    float32, and the query's distances dist (B, n) (0.5 at padding).
+    Returns the forward lists (B, n, k1+1) int32 (ranked by cosine, ties to the lower
+    index), the members (B, n, L) int32 of each node's expanded set (n where none; an index
+    may repeat), their exp(-dist) (B, n, L) float32, and the query's distances dist (B, n)
+    (0.5 at padding).
     """
     n = cos.shape[1]
     _, fwd = jax.lax.top_k(cos, k1 + 1)
     # The barriers stop XLA:CPU from fusing the neighbour-list gathers into their consumers,
-    # which recomputed them per element and made the old one-call version ~10x slower.
+    # which recomputed them per element and made this step ~10x slower.
     fwd = jax.lax.optimization_barrier(fwd.astype(jnp.int32))
     members, mask = jax.lax.optimization_barrier(reciprocal_members(fwd, valid, k1))
     dist = 1.0 - (jnp.take_along_axis(cos, members, axis=-1) + 1.0) / 2.0
@@ -125,16 +127,16 @@ def _reciprocal_weights(cos: jax.Array, valid: jax.Array, k1: int):
     return fwd, jnp.where(mask, members, n), weights, query_dist
 
 
-@functools.partial(jax.jit, static_argnames=("k2",))
-def _query_jaccard(v: jax.Array, members: jax.Array, fwd: jax.Array, valid: jax.Array,
-                   k2: int) -> jax.Array:
-    """Steps 3-5 for the query (node 0) against every node, (B, n) float32.
+def _query_overlaps(v: jax.Array, members: jax.Array, fwd: jax.Array, valid: jax.Array,
+                    k2: int) -> jax.Array:
+    """Steps 3-5 for the query (node 0) against every node: jaccard (B, n) float32.
 
-    v: (B, n, n + 1) each node's unnormalised weights exp(-dist) on its expanded set (column
-    n receives the zero weights of non-members, so that rows sum without a slice: XLA:CPU
-    copied the slice first, which took longer than the rest). Only the columns of the query's expanded row V_qe[0] can add to the overlap
-    min(V_qe[0, col], V_qe[j, col]), so V is normalised and averaged on those columns only:
-    the members of the query's k2 nearest nodes, at most k2 * L of them.
+    v: (B, n, n + 1) each node's unnormalised weights exp(-dist) on its expanded set; column
+    n receives the zero weights of non-members, so that rows sum without a slice (XLA:CPU
+    copied the slice first, which took longer than the rest). Only the columns of the
+    query's expanded row V_qe[0] can add to the overlap min(V_qe[0, col], V_qe[j, col]), so V
+    is normalised and averaged on those columns only: the members of the query's k2 nearest
+    nodes, at most k2 * L of them.
     """
     b, n = v.shape[0], v.shape[1]
     z = jnp.maximum(jnp.sum(v, axis=-1), 1e-30)  # (b, n)
@@ -155,19 +157,44 @@ def _query_jaccard(v: jax.Array, members: jax.Array, fwd: jax.Array, valid: jax.
     return 1.0 - m / (2.0 - m)
 
 
-def local_query_jaccard(x: np.ndarray, valid: np.ndarray, k1: int = 10, k2: int = 3
-                        ) -> tuple[np.ndarray, np.ndarray]:
+_neighbour_weights_jit = jax.jit(_neighbour_weights, static_argnames=("k1",))
+_query_overlaps_jit = jax.jit(_query_overlaps, static_argnames=("k2",))
+
+
+@functools.partial(jax.jit, static_argnames=("k1", "k2"))
+def _device_local_query_jaccard(x: jax.Array, valid: jax.Array, k1: int, k2: int):
+    """Every step in one jitted call (the accelerator path): cosines by einsum, V by scatter."""
+    b, n, _ = x.shape
+    cos = jnp.einsum("bid,bjd->bij", x, x, precision=jax.lax.Precision.HIGHEST)
+    cos = jnp.where(valid[:, None, :], cos, -jnp.inf)
+    fwd, members, weights, query_dist = _neighbour_weights(cos, valid, k1)
+    v = jnp.zeros((b, n, n + 1), jnp.float32).at[
+        jnp.arange(b)[:, None, None], jnp.arange(n)[None, :, None], members].set(weights)
+    return query_dist, _query_overlaps(v, members, fwd, valid, k2)
+
+
+def _host_path() -> bool:
+    """The local sets run through numpy/BLAS and two jitted steps when JAX computes on the
+    CPU, in one jitted call on an accelerator (:func:`local_query_jaccard`)."""
+    return jax.default_backend() == "cpu"
+
+
+def local_query_jaccard(x: np.ndarray, valid: np.ndarray, k1: int = 10, k2: int = 3, *,
+                        host: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-reciprocal Jaccard distance of node 0 (the query) to every node of small local sets.
 
-    Dense n x n per set, in four steps: the cosines by one batched BLAS product
-    (:func:`_gram`, 1.8x XLA's batched product here), the forward lists, reciprocal sets and
-    weights jitted (:func:`_reciprocal_weights`), V scattered into a dense array with numpy
-    (XLA:CPU's scatter took a quarter of the one-call jitted version's time) and the query's
-    overlaps jitted (:func:`_query_jaccard`). The jitted steps compile once per (B, n).
+    Dense n x n per set. On the CPU (``host`` None: when JAX's default backend is the CPU) in
+    four steps: the cosines by one batched BLAS product (:func:`_gram`; XLA's batched product
+    was 1.4-1.8x slower here), the forward lists, reciprocal sets and weights jitted
+    (:func:`_neighbour_weights`), V scattered into a dense array by numpy (XLA:CPU's scatter
+    took 60 ms of the one-call version's 0.28 s on 16 sets of 896 nodes) and the query's
+    overlaps jitted (:func:`_query_overlaps`). On an accelerator, the same steps in one
+    jitted call. Either way the jitted code compiles once per (B, n).
 
     Args:
       x: (B, n, D) float32 L2-normalised features; x[:, 0] is the query of each set.
       valid: (B, n) bool, False on padding (padding is never a neighbour).
+      host: force the CPU path (True) or the one-call path (False).
     Returns:
       dist (B, n) = 1 - (cos(q, j) + 1) / 2 (0.5 at padding) and jaccard (B, n), both float32.
     """
@@ -175,41 +202,48 @@ def local_query_jaccard(x: np.ndarray, valid: np.ndarray, k1: int = 10, k2: int 
         raise ValueError(f"k2={k2} must be <= k1+1={k1 + 1}")
     x = np.ascontiguousarray(x, np.float32)
     valid = np.asarray(valid, bool)
+    if not (_host_path() if host is None else host):
+        d, j = _device_local_query_jaccard(jnp.asarray(x), jnp.asarray(valid), k1, k2)
+        return np.asarray(d), np.asarray(j)
     b, n, _ = x.shape
     cos = _gram(x, valid)
-    fwd, members, weights, query_dist = _reciprocal_weights(cos, valid, k1)
+    fwd, members, weights, query_dist = _neighbour_weights_jit(cos, valid, k1)
     members, weights = np.asarray(members), np.asarray(weights)
     v = _aligned_empty((b, n, n + 1))
     v.fill(0.0)
     flat = (np.arange(b * n, dtype=np.int64)[:, None] * (n + 1) + members.reshape(b * n, -1))
     v.reshape(-1)[flat.ravel()] = weights.ravel()  # repeats write the same weight
-    jac = _query_jaccard(v, members, fwd, valid, k2)
+    jac = _query_overlaps_jit(v, members, fwd, valid, k2)
     return np.asarray(query_dist), np.asarray(jac)
 
 
 def compile_ahead(shapes: Sequence[tuple[int, int, int]], k1: int = 10, k2: int = 3
                   ) -> dict[tuple[int, int, int], Future]:
-    """Compile :func:`local_query_jaccard`'s jitted steps for batches of shape (B, n, D), in a
+    """Compile :func:`local_query_jaccard`'s jitted code for batches of shape (B, n, D), in a
     background thread.
 
     The shapes are compiled one after the other in the order given (the first use first), each
     once, while the caller runs the batches already compiled: each padded size costs about
-    0.3-0.4 s of compilation on a 2-core CPU. Wait on a shape's future before its first call,
-    so that the call finds it compiled rather than compiling it a second time.
+    0.8 s of compilation on the 2-core CPU (two jitted steps). Wait on a shape's future before
+    its first call, so that the call finds it compiled rather than compiling it again.
     """
     pool = ThreadPoolExecutor(1, thread_name_prefix="local-jaccard-compile")
+    host = _host_path()
 
     def compile_one(shape: tuple[int, int, int]) -> None:
-        b, n, _ = shape
-        length = (k1 + 1) * (half_k(k1) + 2)
+        b, n, d = shape
         f32, i32 = jnp.float32, jnp.int32
-        cos = jax.ShapeDtypeStruct((b, n, n), f32)
-        fwd = jax.ShapeDtypeStruct((b, n, k1 + 1), i32)
         valid = jax.ShapeDtypeStruct((b, n), jnp.bool_)
-        _reciprocal_weights.lower(cos, valid, k1).compile()
-        members = jax.ShapeDtypeStruct((b, n, length), i32)
-        v = jax.ShapeDtypeStruct((b, n, n + 1), f32)
-        _query_jaccard.lower(v, members, fwd, valid, k2).compile()
+        if not host:
+            _device_local_query_jaccard.lower(jax.ShapeDtypeStruct(shape, f32), valid, k1,
+                                              k2).compile()
+            return
+        length = (k1 + 1) * (half_k(k1) + 2)
+        _neighbour_weights_jit.lower(jax.ShapeDtypeStruct((b, n, n), f32), valid, k1).compile()
+        _query_overlaps_jit.lower(jax.ShapeDtypeStruct((b, n, n + 1), f32),
+                                  jax.ShapeDtypeStruct((b, n, length), i32),
+                                  jax.ShapeDtypeStruct((b, n, k1 + 1), i32), valid,
+                                  k2).compile()
 
     futures = {s: pool.submit(compile_one, s) for s in dict.fromkeys(shapes)}
     pool.shutdown(wait=False)
