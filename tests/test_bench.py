@@ -149,3 +149,14 @@ def test_full_scale_and_later_run_modes_with_a_graph(tmp_path):
     later = rerank_approx.later_run(p, "ivf", 4, 4, graphs)
     assert later["s"] > 0 and later["variant"] == "ivf"
     assert len(list((tmp_path / "graphs").iterdir())) == 1  # the full mode's graph, reused
+
+
+def test_gemm_rates_take_the_best_shape(monkeypatch):
+    from benchmarks import rerank_limits
+
+    monkeypatch.setattr(rerank_limits, "GEMM_SHAPES", ((64, 128), (32, 256)))
+    monkeypatch.setattr(rerank_limits, "GEMM_DATABASE_ROWS", 512)
+    r = rerank_limits.gemm_rates(dim=32, repeats=2)
+    assert sorted(r["shapes"]) == ["32x32x256", "64x32x128"]
+    for key in ("numpy_gflops", "xla_gflops"):
+        assert r[key] == max(s[key] for s in r["shapes"].values()) > 0

@@ -237,3 +237,9 @@ def test_compile_ahead_compiles_each_shape_once_for_the_later_calls(caplog):
         assert compilations() == 6  # a shape not compiled ahead: the count sees compilations
     _, jac_ref = slow_jaccard(x[1], rows=[0])
     np.testing.assert_allclose(jac[1], jac_ref[0], atol=1e-5)
+
+
+def test_local_set_batches_find_the_blas_library_they_limit():
+    """The refinement limits BLAS to one thread per batch thread through threadpoolctl; that
+    does nothing unless numpy's BLAS was found when the module was imported."""
+    assert any(lib["user_api"] == "blas" for lib in landmark_country._BLAS.info())

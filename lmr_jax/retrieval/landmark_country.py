@@ -2,25 +2,25 @@
 
 Pipeline (Q queries, N index images, R reference images with landmark and country):
 
-1. Searches over the reference set (chunked exact search, or the approximate inverted file
+1. Searches over the reference set (block-by-block exact search, or the approximate inverted file
    of :mod:`ivf`: ``neighbour_search``): each query's top-30 refs and each index image's
    top-1 ref (-> index landmark / country tags).
 2. Query-to-reference refinement (``query_kreciprocal=True``): the top-30 refs of every
-   distinct top-30 ref (a second chunked pass over R), the local set S = {q} + U with U the
-   sorted union, the k-reciprocal Jaccard distance on S (:mod:`kreciprocal`, jitted and
-   batched over queries), refined similarity 1 - (0.5 dist + 0.5 jaccard) on U. A ref outside
+   distinct top-30 ref (a second pass over R), the local set S = {q} + U with U the
+   sorted union, the k-reciprocal Jaccard distance on S (:mod:`kreciprocal`, batched over
+   queries), refined similarity 1 - (0.5 dist + 0.5 jaccard) on U. A ref outside
    U has refined similarity 0.5 - 0.5 dist, never above that of the 30 nearest refs (which are
    in U), so the top-K tags are always inside U and the refs outside need no computation.
 3. Query tags: the K best refs; a tag's weight = the summed similarity of the refs carrying
    it over the summed similarity of all K (landmarks and countries alike).
 4. final(q, i) = dot(q, i) + alpha * weight_q(landmark(i)) + beta * weight_q(country(i)).
 
-Memory is bounded by the chunk sizes: the reference set is read chunk by chunk (it can be a
+Memory is bounded by the block sizes: the reference set is read block by block (it can be a
 float16 memory map), the local sets are processed ``batch_size`` queries at a time
-(REFINE_THREADS batches at once), in order of size and padded per batch (to a multiple of
-LOCAL_SET_ROUND nodes; each padded size is one compilation of the jitted refinement, about
-0.4 s on a 2-core CPU, done in a background thread ahead of its first batch, so the
-rounding trades padding against compilations). With a reference graph
+(REFINE_THREADS batches at once, one BLAS thread each), in order of size and padded per batch
+(to a multiple of LOCAL_SET_ROUND nodes; each padded size compiles the refinement's jitted
+steps once, about 0.8 s on the 2-core CPU, in a background thread ahead of its first batch,
+so the rounding trades padding against compilations). With a reference graph
 (:mod:`reference_graph`) the second step of the neighbourhoods is read, not searched.
 
 Ensembles (each model's own tags, fused with the model weights) and the top-k driver are in
@@ -38,17 +38,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from lmr_jax.retrieval import kreciprocal, search
 
 log = logging.getLogger(__name__)
 
 LOCAL_SET_ROUND = 128  # local sets are padded to a multiple of this many nodes
-# Local-set batches run in this many threads: one batch's single-threaded parts (top-k,
-# gathers, host copies) overlap another's Gram matrix (20 % faster than one on 2 cores).
+# Local-set batches run in this many threads (one BLAS thread each): one batch's
+# single-threaded parts (top-k, the scatter of V, host copies) overlap another's products.
 REFINE_THREADS = 2
 TOP_REFS = 30  # the neighbourhood of the k-reciprocal refinement: top-30 refs, and theirs
+# The BLAS libraries loaded so far (numpy's OpenBLAS), found once, here: threadpoolctl looks
+# for them by walking the loaded libraries under the dynamic loader's lock, which deadlocked
+# against a compilation thread loading a library while holding the GIL.
+_BLAS = ThreadpoolController()
 
 
 @dataclasses.dataclass
@@ -191,7 +195,7 @@ def query_reference_refinement(query_feats: np.ndarray, ref_feats: np.ndarray,
 
     # One BLAS thread per batch thread: two batches' products on 2 cores with 2 BLAS threads
     # each took 1.9x as long per batch as one alone (the threads spin, waiting for cores).
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(REFINE_THREADS) as pool:
+    with _BLAS.limit(limits=1, user_api="blas"), ThreadPoolExecutor(REFINE_THREADS) as pool:
         list(pool.map(refine_batch, starts, padded))
     return unions, sims
 
