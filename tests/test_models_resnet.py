@@ -191,19 +191,25 @@ def test_train_mode_forward_and_running_stats_resnet101_ibn_a():
     before = common.numpy_state(ref)
     # Batch 2 at 64 px reuses the eager kernels compiled for the eval tests (a third sample
     # would recompile every conv). The neck BN normalises over the 2 samples, which makes its
-    # output very sensitive to its input in channels where the two nearly agree; so both necks
-    # get the same input (the torch pooled features) and the backbones are compared up to there.
+    # output very sensitive to its input in channels where the two nearly agree: the float32
+    # rounding of the neck's matrix product (XLA's and PyTorch's sum in different orders)
+    # reached a relative error of 1.4e-4 on the AMD EPYC machine. So each part of the neck
+    # gets the torch input of that part: the linear layer the torch pooled features, the BN
+    # the torch linear output; the backbones are compared up to the pooled features.
     x = common.structured_inputs(BATCH, 64, seed=6)
     with torch.no_grad():
         t_stages = ref.base.stages(common.nhwc_to_nchw(x))
         t_pooled = common.gem(t_stages[-1])
-        t_emb = ref.fcneck_bn(ref.fcneck(t_pooled)).numpy()
+        t_fc = ref.fcneck(t_pooled)
+        t_emb = ref.fcneck_bn(t_fc).numpy()
     j_stages = model.base.stage_outputs(jnp.asarray(x))
     j_pooled = model.pool(j_stages[-1])
-    j_emb = model.fcneck_bn(model.fcneck(jnp.asarray(t_pooled.numpy())))
-    for name, t, j in zip(["stem", "layer1", "layer2", "layer3", "layer4", "pooled", "embedding"],
-                          [common.nchw_to_nhwc(s) for s in t_stages] + [t_pooled.numpy(), t_emb],
-                          j_stages + [j_pooled, j_emb], strict=True):
+    j_fc = model.fcneck(jnp.asarray(t_pooled.numpy()))
+    j_emb = model.fcneck_bn(jnp.asarray(t_fc.numpy()))
+    names = ["stem", "layer1", "layer2", "layer3", "layer4", "pooled", "neck linear", "embedding"]
+    for name, t, j in zip(names, [common.nchw_to_nhwc(s) for s in t_stages]
+                          + [t_pooled.numpy(), t_fc.numpy(), t_emb],
+                          j_stages + [j_pooled, j_fc, j_emb], strict=True):
         rel, rel_max = common.rel_err(np.asarray(j), t)
         assert rel < TOL and rel_max < TOL, (name, rel, rel_max)
     t_state = common.numpy_state(ref)

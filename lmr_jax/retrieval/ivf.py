@@ -8,10 +8,10 @@ one. At ``nprobe == nlist`` every query sees every row and the result is the exa
 
 faiss has the same index (``IndexIVFFlat``), but it scans each query's lists one query at a
 time with vector instructions, about 8 GFLOP/s on the 2-core development machine of
-2026-12-02 against 100-160 GFLOP/s for a matrix product (docs/benchmarks.md). Here the loop runs over the lists
-instead: all the queries that probe list c are gathered and compared with its members in one
-matrix product (numpy/BLAS, then the exact heap selection of :func:`search.topk_from_scores`),
-so the arithmetic runs at GEMM speed.
+2026-12-02 against 100-160 GFLOP/s for a matrix product (docs/benchmarks.md). Here the loop
+runs over the lists instead: all the queries that probe list c are gathered and compared with
+its members in one matrix product (numpy/BLAS, then the exact top-k of
+:func:`search.topk_from_scores`), so the arithmetic runs at GEMM speed.
 
 Cost (Nq queries, D dims): training ``niter * train_rows * nlist * 2D`` FLOP, assignment
 ``R * nlist * 2D``, coarse search ``Nq * nlist * 2D``, fine search about
@@ -75,7 +75,7 @@ def spherical_kmeans(points: np.ndarray, num_centroids: int, *, niter: int = 5,
     """Lloyd's k-means on the unit sphere: (num_centroids, D) float32 unit centroids.
 
     Starts from distinct random points; each iteration assigns every point to its most
-    similar centroid (the exact jitted search, :func:`search.topk_inner_product`) and moves
+    similar centroid (the exact search, :func:`search.topk_inner_product`) and moves
     each centroid to the normalised mean of its points (a centroid with none stays). faiss's
     ``Kmeans`` does the same but ran 5x slower on the loaded development machine of
     2026-12-02, at its BLAS's 10-18 GFLOP/s.

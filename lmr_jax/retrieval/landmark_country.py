@@ -2,8 +2,8 @@
 
 Pipeline (Q queries, N index images, R reference images with landmark and country):
 
-1. Searches over the reference set (block-by-block exact search, or the approximate inverted file
-   of :mod:`ivf`: ``neighbour_search``): each query's top-30 refs and each index image's
+1. Searches over the reference set (block-by-block exact search, or the approximate inverted
+   file of :mod:`ivf`: ``neighbour_search``): each query's top-30 refs and each index image's
    top-1 ref (-> index landmark / country tags).
 2. Query-to-reference refinement (``query_kreciprocal=True``): the top-30 refs of every
    distinct top-30 ref (a second pass over R), the local set S = {q} + U with U the

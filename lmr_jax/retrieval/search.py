@@ -103,7 +103,8 @@ class RowTopK:
         self._heaps.heapify()
 
     def add(self, scores: np.ndarray, first_column: int = 0, first_row: int = 0) -> None:
-        """Offer ``scores`` (r, c) C-contiguous float32: columns first_column.. of rows first_row.."""
+        """Offer ``scores`` (r, c), C-contiguous float32: the columns from ``first_column`` of
+        the rows from ``first_row``."""
         if scores.dtype != np.float32 or not scores.flags.c_contiguous:
             raise ValueError("RowTopK.add needs a C-contiguous float32 array")
         r, c = scores.shape
