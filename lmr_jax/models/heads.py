@@ -43,8 +43,7 @@ def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
 
 def _xavier_uniform(rngs: nnx.Rngs, shape: tuple[int, int]) -> Array:
     """``torch.nn.init.xavier_uniform_`` for a 2-D weight: U(+-sqrt(6 / (fan_in + fan_out)))."""
-    bound = float(np.sqrt(6.0 / (shape[0] + shape[1])))
-    return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+    return layers.uniform_init(rngs, shape, float(np.sqrt(6.0 / (shape[0] + shape[1]))))
 
 
 class GeM(nnx.Module):
