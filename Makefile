@@ -1,6 +1,6 @@
 # lmr-jax: one-command set-up, tests and demo.
 #   make test   create .venv if missing, install requirements-dev.txt, run the whole suite
-#               in TEST_WORKERS (2) processes
+#               in TEST_WORKERS (2) processes, the slowest files first (tests/conftest.py)
 #   make demo   create .venv if missing, install requirements, run the synthetic end-to-end demo
 #   make doctor create .venv if missing, install requirements, check devices, versions and
 #               one train step + embedding per device (python -m lmr_jax.doctor)
@@ -35,7 +35,7 @@ $(STAMP_DEV): requirements-dev.txt requirements.txt constraints-cpu.txt | $(PY)
 venv: $(STAMP_RT)
 
 test: $(STAMP_DEV)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check lmr_jax benchmarks scripts tests configs
