@@ -51,16 +51,17 @@ def test_layers_use_pytorchs_init_scales():
 
 @pytest.mark.parametrize("shape", [(5,), (INIT_BLOCK,), (2, INIT_BLOCK + 3), (3, 3, 7, 11)])
 def test_traced_draw_equals_eager(shape):
+    # atol: a few float32 ulps of 0.2, where scale * u + offset cancels for the uniform draws
     want_n = np.asarray(normal_init(nnx.Rngs(7), shape, 0.1))
     want_u = np.asarray(uniform_init(nnx.Rngs(7), shape, 0.2))
     got_n, got_u = nnx.jit(lambda r: (normal_init(r, shape, 0.1),
                                      uniform_init(r, shape, 0.2)))(nnx.Rngs(7))
-    np.testing.assert_allclose(np.asarray(got_n), want_n, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(got_n), want_n, rtol=1e-6, atol=1e-7)
     # the second draw of the traced Rngs is its second key: compare with the eager second draw
     rngs = nnx.Rngs(7)
     normal_init(rngs, shape, 0.1)
     np.testing.assert_allclose(np.asarray(got_u), np.asarray(uniform_init(rngs, shape, 0.2)),
-                               rtol=1e-6, atol=1e-8)
+                               rtol=1e-6, atol=1e-7)
     assert not np.allclose(want_u, np.asarray(got_u))  # the streams advanced
 
 
