@@ -76,6 +76,12 @@ class TorchMapped:
 INIT_BLOCK = 1 << 16  # random numbers per compiled draw of the initialisers
 
 
+def _num_blocks(size: int) -> int:
+    """Blocks of INIT_BLOCK drawn for ``size`` numbers (at least one, so that an empty shape
+    gets an empty array like ``jax.random``'s)."""
+    return max(1, -(-size // INIT_BLOCK))
+
+
 @functools.partial(jax.jit, static_argnames="kind")
 def _init_block(key: Array, kind: str) -> Array:
     """(INIT_BLOCK,) float32 standard normal or U[0, 1) numbers."""
@@ -98,7 +104,7 @@ def _random(key: Array, shape: tuple[int, ...], kind: str, scale: float,
         return _traced_random(key, tuple(shape), kind, float(scale), float(offset))
     size = math.prod(shape)
     flat = np.concatenate([np.asarray(_init_block(jax.random.fold_in(key, i), kind))
-                           for i in range(-(-size // INIT_BLOCK))])
+                           for i in range(_num_blocks(size))])
     return jax.device_put(flat[:size].reshape(shape) * np.float32(scale) + np.float32(offset))
 
 
@@ -108,7 +114,7 @@ def _traced_random(key: Array, shape: tuple[int, ...], kind: str, scale: float,
     """:func:`_random` inside a trace: one operation of the caller's program, so that tracing
     a deep model stays cheap (``nnx.eval_shape`` walks its trace at every Rngs draw)."""
     size = math.prod(shape)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(-(-size // INIT_BLOCK)))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(_num_blocks(size)))
     flat = jax.vmap(functools.partial(_init_block, kind=kind))(keys).reshape(-1)
     return flat[:size].reshape(shape) * np.float32(scale) + np.float32(offset)
 
