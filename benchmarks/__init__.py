@@ -12,8 +12,11 @@ repository root, so that ``benchmarks`` and the independent PyTorch models of
 
 Modules: ``timing`` (median timing, a timing context, peak memory in GiB), ``throughput``
 (the jitted training step and embedding forward), ``torch_side`` (the PyTorch reference model,
-its ArcFace + SGD training step and its forward), ``input_pipeline``, ``rerank`` with its
-per-query loop baseline ``loop_rerank``, ``ann_search``, ``extraction``, and ``summary`` (the
-one command that runs the main ones, each in its own process). Results go in
-docs/benchmarks.md.
+its ArcFace + SGD training step and its forward), ``xla_cpu_conv`` (one convolution at a time,
+XLA:CPU against oneDNN), ``input_pipeline``, ``rerank`` with its per-query loop baseline
+``loop_rerank``, ``rerank_limits`` (the GEMM rate and the exact re-ranking against it),
+``local_sets`` (the k-reciprocal local sets step by step), ``rerank_approx`` (approximate
+against exact re-ranking), ``ann_search``, ``extraction``, ``baidu_embedding``, ``serving``,
+and ``summary`` (the one command that runs the main ones, each in its own process). Results
+go in docs/benchmarks.md.
 """

@@ -137,6 +137,27 @@ def test_rerank_limits_counts_the_inner_products():
     assert {"reference", "neighbours", "k-reciprocal"} <= set(r["phases_s"])
 
 
+def test_local_sets_benchmark_times_every_part():
+    from benchmarks import local_sets
+
+    x = local_sets._unit_sets(2, 40, 8)
+    for block in (7, 16, 40):  # the blocked product is the Gram matrix, mirrored exactly
+        g = local_sets._blocked_gram(x, block)
+        np.testing.assert_allclose(g, x @ x.transpose(0, 2, 1), atol=1e-6)
+        np.testing.assert_array_equal(g, g.transpose(0, 2, 1))
+    gram = local_sets.gram_products(2, 64, 16, [16, 32])
+    assert gram["ssyrk_ms"] > 0 and gram["sgemm_ms"] > 0 and set(gram["blocked_ms"]) == {"16",
+                                                                                         "32"}
+    steps = local_sets.batch_steps(2, 64, 16)
+    assert all(steps[key] > 0 for key in ("gram_ms", "neighbour_weights_ms", "overlaps_ms",
+                                          "whole_batch_ms"))
+    assert len(steps["topk_ms"]) == 7
+    run = local_sets.gram_in_run(5, 40, 300, 16)
+    # Every query's set: itself, its top-30 refs and theirs (at least 31 nodes).
+    assert 31 <= run["mean_set_nodes"] <= 301 and len(run["gram_s_per_thread"]) >= 1
+    assert run["gram_distinct_pairs_gflop"] >= 5 * 31 * 32 / 2 * 16 * 2 / 1e9
+
+
 def test_full_scale_and_later_run_modes_with_a_graph(tmp_path):
     from benchmarks import rerank_approx
 

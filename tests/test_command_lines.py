@@ -14,7 +14,8 @@ SCRIPTS = ["scripts/prepare_gldv2.py", "scripts/make_demo_data.py", "scripts/dem
            "scripts/train.py"]
 BENCHMARKS = ["benchmarks.summary", "benchmarks.throughput", "benchmarks.input_pipeline",
               "benchmarks.rerank", "benchmarks.ann_search", "benchmarks.extraction",
-              "benchmarks.xla_cpu_conv", "benchmarks.rerank_approx", "benchmarks.rerank_limits"]
+              "benchmarks.xla_cpu_conv", "benchmarks.rerank_approx", "benchmarks.rerank_limits",
+              "benchmarks.local_sets"]
 
 
 def _source(command: str) -> str:
