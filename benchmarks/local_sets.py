@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags
 from threadpoolctl import ThreadpoolController
 
+from benchmarks.timing import call_seconds
 from lmr_jax.retrieval import kreciprocal, landmark_country, search
 
 K1, K2 = 10, 3
@@ -40,13 +41,7 @@ _BLAS = ThreadpoolController()  # made once: scanning the libraries later can de
 
 def _best_ms(fn, repeats: int = 5) -> float:
     """Fastest of ``repeats`` calls after one untimed call, in milliseconds."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return round(best * 1e3, 3)
+    return round(min(call_seconds(fn, steps=repeats, warmup=1)) * 1e3, 3)
 
 
 def _unit_sets(sets: int, nodes: int, dim: int, seed: int = 0) -> np.ndarray:
