@@ -11,8 +11,8 @@ Parts (each prints one JSON object; the last line holds them all):
   ``ssyrk``, the library's product), ``x @ y^T`` with y a copy of x (``sgemm``), and the upper
   blocks by ``sgemm`` then mirrored, for each of ``--blocks``. Milliseconds, best of 5.
 * ``steps``: one batch of :func:`lmr_jax.retrieval.kreciprocal.local_query_jaccard`'s CPU path
-  step by step (Gram, jitted neighbour lists and weights, V filled and scattered, jitted
-  overlaps), and the top-(k1+1) of the neighbour lists alone by ``lax.top_k``, the search's
+  step by step (Gram, jitted neighbour lists and weights, V filled and scattered by numpy,
+  jitted overlaps), and the top-(k1+1) of the neighbour lists alone by ``lax.top_k``, the search's
   two-stage top-k (groups of 8 to 64 columns), ``search.topk_from_scores`` and faiss's heaps.
   Milliseconds, best of 5, one BLAS thread.
 * ``in_run``: one exact ``landmark_country.compute_tags`` on random unit vectors with the local
@@ -93,11 +93,8 @@ def batch_steps(sets: int, nodes: int, dim: int) -> dict:
             kreciprocal._neighbour_weights_jit(cos, valid, K1)))
         fwd, members, weights, _ = kreciprocal._neighbour_weights_jit(cos, valid, K1)
         members, weights = np.asarray(members), np.asarray(weights)
-        v = kreciprocal._aligned_empty((sets, nodes, nodes + 1))  # read in place, as there
-        res["v_fill_ms"] = _best_ms(lambda: v.fill(0.0))
-        flat = (np.arange(sets * nodes, dtype=np.int64)[:, None] * (nodes + 1)
-                + members.reshape(sets * nodes, -1)).ravel()
-        res["v_scatter_ms"] = _best_ms(lambda: v.reshape(-1).__setitem__(flat, weights.ravel()))
+        res["v_ms"] = _best_ms(lambda: kreciprocal._dense_weights(members, weights))
+        v = kreciprocal._dense_weights(members, weights)
         res["overlaps_ms"] = _best_ms(lambda: jax.block_until_ready(
             kreciprocal._query_overlaps_jit(v, members, fwd, valid, K2)))
         res["whole_batch_ms"] = _best_ms(lambda: kreciprocal.local_query_jaccard(x, valid, K1,

@@ -205,16 +205,24 @@ def local_query_jaccard(x: np.ndarray, valid: np.ndarray, k1: int = 10, k2: int 
     if not (_host_path() if host is None else host):
         d, j = _device_local_query_jaccard(jnp.asarray(x), jnp.asarray(valid), k1, k2)
         return np.asarray(d), np.asarray(j)
-    b, n, _ = x.shape
     cos = _gram(x, valid)
     fwd, members, weights, query_dist = _neighbour_weights_jit(cos, valid, k1)
-    members, weights = np.asarray(members), np.asarray(weights)
+    members = np.asarray(members)
+    v = _dense_weights(members, np.asarray(weights))
+    jac = _query_overlaps_jit(v, members, fwd, valid, k2)
+    return np.asarray(query_dist), np.asarray(jac)
+
+
+def _dense_weights(members: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """V (B, n, n + 1) float32 of the CPU path: each node's ``weights`` (B, n, L) scattered to
+    its ``members`` (B, n, L) int32 columns (n for non-members), zero elsewhere; aligned, so
+    that the jitted overlaps read it in place."""
+    b, n, _ = members.shape
     v = _aligned_empty((b, n, n + 1))
     v.fill(0.0)
     flat = (np.arange(b * n, dtype=np.int64)[:, None] * (n + 1) + members.reshape(b * n, -1))
     v.reshape(-1)[flat.ravel()] = weights.ravel()  # repeats write the same weight
-    jac = _query_overlaps_jit(v, members, fwd, valid, k2)
-    return np.asarray(query_dist), np.asarray(jac)
+    return v
 
 
 def compile_ahead(shapes: Sequence[tuple[int, int, int]], k1: int = 10, k2: int = 3
